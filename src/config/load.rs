@@ -1,0 +1,1 @@
+//! Loading from defaults, file and environment.

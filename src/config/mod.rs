@@ -1,0 +1,313 @@
+//! Runtime configuration (`pgsync.toml`), loaded with figment from defaults, the file, PGSync's own
+//! environment variables and `PGSYNC_SECTION__KEY` overrides, in that order.
+
+mod load;
+mod secret;
+
+pub use load::load;
+pub use secret::Secret;
+
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Source database connection.
+    pub postgres: PostgresConfig,
+    /// Search engine connection.
+    pub search: SearchConfig,
+    /// Where `schema.json` is.
+    pub schema: SchemaConfig,
+    /// Where documents go: the search engine, an NDJSON file, or nowhere (benchmarks).
+    pub output: OutputConfig,
+    /// Stage parallelism, channel capacities and batch sizes.
+    pub pipeline: PipelineConfig,
+    /// What the documents contain beyond the schema's columns.
+    pub documents: DocumentsConfig,
+    /// Change capture mode and coalescing.
+    pub capture: CaptureConfig,
+    /// Where progress through the change stream is stored.
+    pub checkpoint: CheckpointConfig,
+    /// Logging and progress reporting.
+    pub log: LogConfig,
+}
+
+/// PostgreSQL connection settings. `url` wins over the separate fields when set.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PostgresConfig {
+    /// `postgres://user:pass@host:port/db`; the database part is ignored (each index names one).
+    pub url: Option<Secret>,
+    /// Host name or socket directory.
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+    /// Role to connect as.
+    pub user: String,
+    /// Password; never printed.
+    pub password: Option<Secret>,
+    /// `disable`, `prefer` or `require`.
+    pub sslmode: String,
+    /// Seconds to wait for a connection before failing.
+    pub connect_timeout_secs: u64,
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        PostgresConfig {
+            url: None,
+            host: "localhost".into(),
+            port: 5432,
+            user: "postgres".into(),
+            password: None,
+            sslmode: "disable".into(),
+            connect_timeout_secs: 10,
+        }
+    }
+}
+
+/// Which search engine family the URL points at; decides version-specific request shapes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Engine {
+    /// Elasticsearch 7, 8 or 9.
+    #[default]
+    Elasticsearch,
+    /// OpenSearch 1, 2 or 3.
+    Opensearch,
+}
+
+/// Search engine connection settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SearchConfig {
+    /// Base URL, e.g. `http://localhost:9200`.
+    pub url: String,
+    /// Engine family.
+    pub engine: Engine,
+    /// Basic auth user.
+    pub username: Option<String>,
+    /// Basic auth password; never printed.
+    pub password: Option<Secret>,
+    /// API key (`id:key` base64 or the encoded form); never printed.
+    pub api_key: Option<Secret>,
+    /// PEM file with a CA certificate to trust.
+    pub ca_cert: Option<PathBuf>,
+    /// Accept any certificate (testing only).
+    pub insecure_skip_verify: bool,
+    /// Per-request timeout.
+    pub timeout_secs: u64,
+}
+
+impl Default for SearchConfig {
+    fn default() -> Self {
+        SearchConfig {
+            url: "http://localhost:9200".into(),
+            engine: Engine::Elasticsearch,
+            username: None,
+            password: None,
+            api_key: None,
+            ca_cert: None,
+            insecure_skip_verify: false,
+            timeout_secs: 60,
+        }
+    }
+}
+
+/// Where the schema file lives.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SchemaConfig {
+    /// Path to `schema.json`, relative to the working directory.
+    pub path: PathBuf,
+}
+
+impl Default for SchemaConfig {
+    fn default() -> Self {
+        SchemaConfig {
+            path: PathBuf::from("schema.json"),
+        }
+    }
+}
+
+/// Where bulk bodies go.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputKind {
+    /// The search engine in `[search]`.
+    #[default]
+    Search,
+    /// NDJSON bulk bodies appended to `output.path`.
+    Ndjson,
+    /// Dropped after being built: measures the pipeline's own ceiling.
+    Discard,
+}
+
+/// Output selection.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OutputConfig {
+    /// `search`, `ndjson` or `discard`.
+    pub kind: OutputKind,
+    /// File for `ndjson`.
+    pub path: Option<PathBuf>,
+}
+
+/// Stage parallelism and sizes. Every channel between stages is bounded by these numbers, so
+/// memory stays bounded whatever the table size.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Concurrent document fetchers (PostgreSQL connections building documents).
+    pub fetchers: usize,
+    /// Concurrent bulk writers.
+    pub writers: usize,
+    /// Bulk requests in flight per writer.
+    pub requests_in_flight: usize,
+    /// Capacity, in messages, of each channel between stages.
+    pub channel_capacity: usize,
+    /// Rows fetched per round trip from a server-side cursor.
+    pub fetch_chunk: usize,
+    /// Maximum documents per bulk request.
+    pub batch_docs: usize,
+    /// Maximum bytes per bulk request.
+    pub batch_bytes: usize,
+    /// Key ranges per fetcher that the initial sync splits the root table into.
+    pub ranges_per_fetcher: usize,
+    /// Retries of a bulk request on 429, 5xx or connection errors before giving up.
+    pub max_retries: u32,
+    /// First retry delay; doubles each retry.
+    pub retry_backoff_ms: u64,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            fetchers: 2,
+            writers: 2,
+            requests_in_flight: 2,
+            channel_capacity: 8,
+            fetch_chunk: 1000,
+            batch_docs: 1000,
+            batch_bytes: 5 * 1024 * 1024,
+            ranges_per_fetcher: 4,
+            max_retries: 8,
+            retry_backoff_ms: 200,
+        }
+    }
+}
+
+/// Optional document content.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DocumentsConfig {
+    /// Add PGSync's `_meta` field (`{table: {pk: [values]}}`) to every document.
+    pub meta: bool,
+}
+
+/// How changes are captured.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CaptureMode {
+    /// Logical decoding (pgoutput) from a replication slot.
+    #[default]
+    Wal,
+    /// Row triggers writing a change-log table and `pg_notify`.
+    Notify,
+}
+
+/// Change capture settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CaptureConfig {
+    /// `wal` or `notify`.
+    pub mode: CaptureMode,
+    /// Longest time a change waits to be coalesced with others.
+    pub coalesce_window_ms: u64,
+    /// Flush the coalescing window early at this many changes.
+    pub coalesce_max_changes: usize,
+    /// Fallback poll of the change log in `notify` mode.
+    pub poll_interval_ms: u64,
+    /// Prefix of slot and publication names; the database and index are appended.
+    pub slot_prefix: String,
+}
+
+impl Default for CaptureConfig {
+    fn default() -> Self {
+        CaptureConfig {
+            mode: CaptureMode::Wal,
+            coalesce_window_ms: 20,
+            coalesce_max_changes: 5000,
+            poll_interval_ms: 1000,
+            slot_prefix: "pgsync".into(),
+        }
+    }
+}
+
+/// Which checkpoint store to use.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckpointStore {
+    /// A small file per index under `checkpoint.dir`.
+    #[default]
+    File,
+    /// Redis or Valkey at `checkpoint.redis_url`.
+    Redis,
+}
+
+/// Checkpoint settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CheckpointConfig {
+    /// `file` or `redis`.
+    pub store: CheckpointStore,
+    /// Directory for `file` checkpoints.
+    pub dir: PathBuf,
+    /// `redis://host:port/db` for `redis`; never printed.
+    pub redis_url: Option<Secret>,
+}
+
+impl Default for CheckpointConfig {
+    fn default() -> Self {
+        CheckpointConfig {
+            store: CheckpointStore::File,
+            dir: PathBuf::from(".pgsync-state"),
+            redis_url: None,
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Logging settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    pub format: LogFormat,
+    /// `tracing` filter, e.g. `info` or `pgsync_rs=debug`.
+    pub level: String,
+    /// Seconds between progress log lines when stderr is not a terminal.
+    pub progress_interval_secs: u64,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            level: "info".into(),
+            progress_interval_secs: 10,
+        }
+    }
+}

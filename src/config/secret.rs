@@ -1,0 +1,1 @@
+//! A string that is never printed.

@@ -1,0 +1,15 @@
+//! pgsync-rs: keeps Elasticsearch/OpenSearch documents in sync with PostgreSQL, from a PGSync
+//! `schema.json`. Documents are built inside PostgreSQL by one statement per index, streamed
+//! through a staged actor pipeline on bounded channels, and bulk-written.
+
+pub mod checkpoint;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod pipeline;
+pub mod schema;
+pub mod sink;
+pub mod source;
+pub mod sql;
+
+pub use error::{Error, ErrorKind, Result};

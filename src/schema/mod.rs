@@ -1,0 +1,7 @@
+//! `schema.json`: parsing, validation against the database, and the resolved node tree that the
+//! query builder and change capture share.
+
+pub mod model;
+pub mod parse;
+
+pub use model::*;

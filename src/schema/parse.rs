@@ -1,0 +1,1 @@
+//! Parses `schema.json` into [`SchemaFile`], reporting every problem with its JSON path.

@@ -1,0 +1,6 @@
+//! Where changes come from: the WAL through a logical replication slot (`wal`), or row triggers
+//! writing a change log and waking us with `pg_notify` (`notify`).
+
+pub mod pgoutput;
+pub mod slot;
+pub mod wal;

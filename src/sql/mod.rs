@@ -1,0 +1,1 @@
+//! Query building: one statement per index that builds whole documents inside PostgreSQL.
