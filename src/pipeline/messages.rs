@@ -69,3 +69,94 @@ pub struct Transaction {
     /// Row changes in the order they were made.
     pub changes: Vec<Change>,
 }
+
+/// Marks a stream position done when every chunk carrying it has been written. Each chunk holds a
+/// clone; when the last clone is dropped without [`Completion::fail`] having been called, the
+/// position is reported to the checkpointer.
+#[derive(Clone)]
+pub struct Completion(Arc<CompletionInner>);
+
+struct CompletionInner {
+    position: u64,
+    failed: std::sync::atomic::AtomicBool,
+    done: tokio::sync::mpsc::UnboundedSender<u64>,
+}
+
+impl Completion {
+    /// A completion that reports `position` on `done`.
+    pub fn new(position: u64, done: tokio::sync::mpsc::UnboundedSender<u64>) -> Self {
+        Completion(Arc::new(CompletionInner {
+            position,
+            failed: Default::default(),
+            done,
+        }))
+    }
+    /// The position this completion stands for.
+    pub fn position(&self) -> u64 {
+        self.0.position
+    }
+    /// Records that a chunk could not be written: the position must never be acknowledged.
+    pub fn fail(&self) {
+        self.0.failed.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for CompletionInner {
+    fn drop(&mut self) {
+        if !self.failed.load(std::sync::atomic::Ordering::SeqCst) {
+            let _ = self.done.send(self.position);
+        }
+    }
+}
+
+impl std::fmt::Debug for Completion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Completion({})", self.0.position)
+    }
+}
+
+/// One root document to rebuild: its key values (text, in key column order), its `_id`, and the
+/// routing value last seen for it (needed to delete it when the row is gone).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RootKey {
+    /// Key column values in the root's key order.
+    pub values: Vec<String>,
+    /// The document `_id`.
+    pub id: String,
+    /// Routing of the existing document, when routing is configured and known.
+    pub routing: Option<String>,
+}
+
+/// Work for a fetcher.
+#[derive(Debug)]
+pub enum FetchRequest {
+    /// Initial sync of a slice of the root table.
+    Range(crate::sql::document::RootFilter),
+    /// Rebuild these documents; any that no longer exist are deleted.
+    Keys {
+        /// Root rows to rebuild.
+        keys: Vec<RootKey>,
+        /// Reported done once written.
+        completion: Option<Completion>,
+    },
+    /// Delete every document of the index (root table truncated).
+    DeleteAll {
+        /// Reported done once deleted.
+        completion: Option<Completion>,
+    },
+}
+
+/// Bulk actions ready to write: NDJSON lines for a number of documents.
+#[derive(Debug, Default)]
+pub struct DocChunk {
+    /// NDJSON bulk actions.
+    pub body: Vec<u8>,
+    /// `_id` of each action, in order.
+    pub ids: Vec<String>,
+    /// Reported done once written.
+    pub completion: Option<Completion>,
+    /// When set, the writer flushes everything it holds before and after this chunk.
+    pub barrier: bool,
+    /// Delete every document of the index before writing this chunk.
+    pub delete_all: bool,
+}

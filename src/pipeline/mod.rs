@@ -1,4 +1,15 @@
-//! The staged actor pipeline. Stages are spawned back to front so each is handed the bounded
-//! sender of its downstream stage.
+//! The staged actor pipeline. Each stage is an actix actor whose input is a bounded tokio channel
+//! attached as a stream and processed one message at a time (`ctx.wait`), so a slow stage stops
+//! pulling and every stage before it blocks on `send().await`: memory stays bounded (actix
+//! mailboxes alone do not bound it). Stages are spawned back to front so each is handed the
+//! senders of its downstream stage.
 
+// Enabled once the sink lands (shared checkout).
+// pub mod fetcher;
+// pub mod initial;
+pub mod lanes;
 pub mod messages;
+pub mod meta;
+pub mod planner;
+pub mod progress;
+// pub mod writer;
