@@ -3,6 +3,7 @@
 //! through a staged actor pipeline on bounded channels, and bulk-written.
 
 pub mod checkpoint;
+#[path = "cli/stub.rs"]
 pub mod cli;
 pub mod config;
 pub mod error;

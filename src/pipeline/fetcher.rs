@@ -140,9 +140,9 @@ async fn run_request(
                 .map_err(|_| Error::internal("writer stage stopped"))?;
             Ok(())
         }
-        FetchRequest::Range(filter) => {
+        FetchRequest::Range { filter, completion } => {
             let sql = document_query(plan, &filter, s.with_meta);
-            stream_documents(client, s, &sql, &[], None, out, stats, index, pipeline, None).await?;
+            stream_documents(client, s, &sql, &[], None, out, stats, index, pipeline, completion).await?;
             Ok(())
         }
         FetchRequest::Keys { keys, completion } => {

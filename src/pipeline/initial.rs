@@ -115,7 +115,7 @@ pub async fn initial_sync(cfg: &Config, plan: Arc<IndexPlan>, sink: Sink, snapsh
 
     let feed = async {
         for r in ranges {
-            if fetch_lanes.send_any(FetchRequest::Range(r)).await.is_err() {
+            if fetch_lanes.send_any(FetchRequest::Range { filter: r, completion: None }).await.is_err() {
                 break;
             }
         }

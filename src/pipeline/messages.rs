@@ -70,32 +70,28 @@ pub struct Transaction {
     pub changes: Vec<Change>,
 }
 
-/// Marks a stream position done when every chunk carrying it has been written. Each chunk holds a
-/// clone; when the last clone is dropped without [`Completion::fail`] having been called, the
-/// position is reported to the checkpointer.
+/// Runs a callback once every chunk carrying a clone of it has been written: the last clone
+/// dropped without [`Completion::fail`] having been called fires it. Checkpoints use it to learn
+/// that a position's documents are all written; barriers use it to wait for a step to finish.
 #[derive(Clone)]
 pub struct Completion(Arc<CompletionInner>);
 
+type Callback = Box<dyn FnOnce() + Send>;
+
 struct CompletionInner {
-    position: u64,
     failed: std::sync::atomic::AtomicBool,
-    done: tokio::sync::mpsc::UnboundedSender<u64>,
+    on_done: std::sync::Mutex<Option<Callback>>,
 }
 
 impl Completion {
-    /// A completion that reports `position` on `done`.
-    pub fn new(position: u64, done: tokio::sync::mpsc::UnboundedSender<u64>) -> Self {
+    /// A completion that calls `on_done` when the work it travels with is written.
+    pub fn new(on_done: impl FnOnce() + Send + 'static) -> Self {
         Completion(Arc::new(CompletionInner {
-            position,
             failed: Default::default(),
-            done,
+            on_done: std::sync::Mutex::new(Some(Box::new(on_done))),
         }))
     }
-    /// The position this completion stands for.
-    pub fn position(&self) -> u64 {
-        self.0.position
-    }
-    /// Records that a chunk could not be written: the position must never be acknowledged.
+    /// Records that a chunk could not be written: the callback must never fire.
     pub fn fail(&self) {
         self.0.failed.store(true, std::sync::atomic::Ordering::SeqCst);
     }
@@ -104,14 +100,16 @@ impl Completion {
 impl Drop for CompletionInner {
     fn drop(&mut self) {
         if !self.failed.load(std::sync::atomic::Ordering::SeqCst) {
-            let _ = self.done.send(self.position);
+            if let Some(f) = self.on_done.lock().ok().and_then(|mut g| g.take()) {
+                f();
+            }
         }
     }
 }
 
 impl std::fmt::Debug for Completion {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Completion({})", self.0.position)
+        f.write_str("Completion")
     }
 }
 
@@ -130,8 +128,13 @@ pub struct RootKey {
 /// Work for a fetcher.
 #[derive(Debug)]
 pub enum FetchRequest {
-    /// Initial sync of a slice of the root table.
-    Range(crate::sql::document::RootFilter),
+    /// Build every document in a slice of the root table (initial sync, full rebuild).
+    Range {
+        /// Which root rows.
+        filter: crate::sql::document::RootFilter,
+        /// Fired once written.
+        completion: Option<Completion>,
+    },
     /// Rebuild these documents; any that no longer exist are deleted.
     Keys {
         /// Root rows to rebuild.

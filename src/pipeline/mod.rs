@@ -8,6 +8,7 @@
 // pub mod fetcher;
 // pub mod initial;
 pub mod lanes;
+// pub mod coalescer;
 pub mod messages;
 pub mod meta;
 pub mod planner;

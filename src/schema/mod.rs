@@ -3,6 +3,7 @@
 
 pub mod model;
 pub mod parse;
+pub mod mapping;
 pub mod resolve;
 
 pub use model::*;

@@ -2,6 +2,7 @@
 //! statements that find which root documents a changed row belongs to.
 
 pub mod document;
+pub mod roots;
 
 /// Quotes an identifier for PostgreSQL (always quoted, so mixed case and keywords survive).
 pub fn quote_ident(s: &str) -> String {

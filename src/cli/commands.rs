@@ -1,0 +1,69 @@
+//! What each subcommand does.
+
+use super::{load_schema, resolve_all, Command};
+use crate::config::Config;
+use crate::pipeline::initial::initial_sync;
+use crate::schema::mapping::index_body;
+use crate::sink::Sink;
+use crate::{Error, Result};
+use std::sync::Arc;
+
+/// Runs a subcommand; returns the exit code.
+pub async fn dispatch(cmd: Command, cfg: Config) -> Result<i32> {
+    match cmd {
+        Command::Validate => validate(&cfg).await,
+        Command::Run { once: true, recreate } => run_once(&cfg, recreate).await,
+        Command::Run { once: false, recreate } => crate::pipeline::daemon::run(&cfg, recreate).await,
+        Command::Bootstrap => crate::pipeline::daemon::bootstrap(&cfg).await.map(|_| 0),
+        Command::Teardown => crate::pipeline::daemon::teardown(&cfg).await.map(|_| 0),
+        Command::Status => crate::pipeline::daemon::status(&cfg).await.map(|_| 0),
+    }
+}
+
+async fn validate(cfg: &Config) -> Result<i32> {
+    let file = load_schema(cfg)?;
+    let plans = resolve_all(cfg, &file).await?;
+    for p in &plans {
+        for plugin in &p.spec.plugins {
+            println!(
+                "warning: {}: {}.plugins: plugin {plugin:?} is PGSync Python code and is not run",
+                file.path.display(),
+                p.spec.path
+            );
+        }
+        println!(
+            "ok: index {} (database {}): {} nodes, tables {}",
+            p.spec.index,
+            p.spec.database,
+            p.nodes().len(),
+            p.tables().iter().map(|t| t.to_string()).collect::<Vec<_>>().join(", ")
+        );
+    }
+    Ok(0)
+}
+
+/// Creates the index if needed and runs the initial sync of every index.
+pub async fn run_once(cfg: &Config, recreate: bool) -> Result<i32> {
+    let file = load_schema(cfg)?;
+    let plans = resolve_all(cfg, &file).await?;
+    let sink = Sink::from_config(cfg)?;
+    sink.check().await?;
+    let mut failed = 0;
+    for plan in plans {
+        let plan = Arc::new(plan);
+        super::warn_plugins(&plan);
+        sink.ensure_index(&plan.spec.index, &index_body(&plan), recreate).await?;
+        let summary = initial_sync(cfg, plan.clone(), sink.clone(), None).await?;
+        sink.refresh(&plan.spec.index).await?;
+        println!("{summary}");
+        failed += summary.failed;
+    }
+    if failed > 0 {
+        return Err(Error::new(
+            crate::ErrorKind::SinkRejected,
+            format!("{failed} document(s) were rejected by the search engine; each is logged above with its _id and reason"),
+        ));
+    }
+    Ok(0)
+}
+
