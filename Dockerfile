@@ -1,0 +1,20 @@
+# Multi-stage build: compile in the Rust image, run as a non-root user in a slim Debian image.
+FROM rust:1-bookworm AS build
+WORKDIR /src
+COPY Cargo.toml Cargo.lock ./
+COPY src ./src
+COPY benches ./benches
+RUN cargo build --release --locked --bin pgsync
+
+FROM debian:bookworm-slim
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --uid 10001 --home-dir /var/lib/pgsync --create-home pgsync
+COPY --from=build /src/target/release/pgsync /usr/local/bin/pgsync
+COPY config/pgsync.example.toml /etc/pgsync/pgsync.example.toml
+USER pgsync
+WORKDIR /var/lib/pgsync
+ENV PGSYNC_CHECKPOINT__DIR=/var/lib/pgsync/state
+ENTRYPOINT ["pgsync"]
+CMD ["run", "--config", "/etc/pgsync/pgsync.toml"]
