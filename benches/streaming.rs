@@ -1,0 +1,163 @@
+//! Change-capture benchmark on the generated book data set (default 100,000 roots):
+//!
+//! - throughput: a burst of mixed changes (title updates, rating inserts and deletes, subject
+//!   moves, new books, and author renames that fan out to many books) applied as fast as
+//!   PostgreSQL takes them; time from the first commit until the index reflects the last change,
+//!   and the number of document rebuilds the burst implies, beside the search server's own
+//!   ingest rate for the same documents;
+//! - latency: single-row changes 200 ms apart, commit to visible in the index: p50, p95, max.
+//!
+//! Run: `cargo bench --bench streaming -- 100000 50000` (roots, burst changes).
+
+#[path = "../tests/harness/mod.rs"]
+#[allow(dead_code, unused_imports)]
+mod harness;
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn main() {
+    let args: Vec<u64> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let n = args.first().copied().unwrap_or(100_000);
+    let burst = args.get(1).copied().unwrap_or(50_000);
+    let env = common::setup(n, "");
+    let pg = &env.pg;
+    let osmem = &env.osmem;
+
+    // The daemon: bootstrap, initial sync, then streaming.
+    let mut daemon = Command::new(harness::pgsync_bin())
+        .args(["run", "--config"])
+        .arg(&env.config)
+        .env("LOG_LEVEL", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start pgsync");
+    let t = Instant::now();
+    harness::wait_until_blocking(Duration::from_secs(1800), "the daemon streams from its slot", || {
+        pg.psql("bench", "SELECT count(*) FROM pg_replication_slots WHERE active") == "1"
+    });
+    eprintln!("initial sync + start: {:.1}s", t.elapsed().as_secs_f64());
+
+    // Latency: single-row changes 200 ms apart.
+    let mut lat = vec![];
+    let client_port = pg.port();
+    for i in 0..50 {
+        let id = 1 + (i * 7919) % n;
+        let marker = format!("lat-{i}-{}", Instant::now().elapsed().as_nanos());
+        let t0 = Instant::now();
+        psql_fast(client_port, &format!("UPDATE book SET title = '{marker}' WHERE id = {id}"));
+        let committed = Instant::now();
+        loop {
+            if let Some(doc) = osmem.doc("book", &id.to_string()) {
+                if doc.to_string().contains(&marker) {
+                    break;
+                }
+            }
+            if committed.elapsed() > Duration::from_secs(30) {
+                panic!("change {i} not visible after 30s");
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let _ = t0;
+        lat.push(committed.elapsed().as_secs_f64() * 1000.0);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
+
+    // Throughput: a burst of mixed changes in one psql session, one transaction per statement.
+    let authors = (n / 10).max(1);
+    let mut sql = String::new();
+    for i in 0..burst {
+        let b = 1 + (i * 104_729) % n;
+        match i % 10 {
+            0..=3 => sql.push_str(&format!("UPDATE book SET title = 'burst {i}' WHERE id = {b};\n")),
+            4 | 5 => sql.push_str(&format!("INSERT INTO rating (book_id, stars, comment) VALUES ({b}, {}, 'burst');\n", 1 + i % 5)),
+            6 => sql.push_str(&format!("DELETE FROM rating WHERE id = (SELECT min(id) FROM rating WHERE book_id = {b});\n")),
+            7 => sql.push_str(&format!("UPDATE book_subject SET subject_id = {} WHERE book_id = {b};\n", 1 + i % 50)),
+            8 => sql.push_str(&format!("UPDATE author SET name = 'Author {i} renamed' WHERE id = {};\n", 1 + (i * 31) % authors)),
+            _ => sql.push_str(&format!(
+                "INSERT INTO book (id, isbn, title, publisher_id) VALUES ({}, 'burst-{i}', 'new {i}', 1);\n",
+                n + 1 + i
+            )),
+        }
+    }
+    let last_marker = format!("burst-end-{burst}");
+    sql.push_str(&format!("UPDATE book SET title = '{last_marker}' WHERE id = 1;\n"));
+    // Documents the burst implies: roots touched per change (an author rename touches every book
+    // of that author).
+    let implied: u64 = pg
+        .psql(
+            "bench",
+            &format!(
+                "SELECT ({burst} / 10 * 8) + (SELECT count(*) FROM book_author WHERE author_id IN \
+                 (SELECT 1 + (i * 31) % {authors} FROM generate_series(0, {burst} - 1) i WHERE i % 10 = 8))"
+            ),
+        )
+        .trim()
+        .parse()
+        .unwrap_or(0);
+    let file = env.dir.path().join("burst.sql");
+    std::fs::write(&file, sql).unwrap();
+    let start = Instant::now();
+    let out = Command::new(harness::pg_bin_dir().join("psql"))
+        .args(["-X", "-q", "-h", "127.0.0.1", "-U", "postgres", "-d", "bench", "-p"])
+        .arg(pg.port().to_string())
+        .arg("-f")
+        .arg(&file)
+        .output()
+        .expect("psql");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let applied = start.elapsed().as_secs_f64();
+    harness::wait_until_blocking(Duration::from_secs(1800), "the burst is reflected", || {
+        osmem.doc("book", "1").map(|d| d.to_string().contains(&last_marker)).unwrap_or(false)
+    });
+    let drained = start.elapsed().as_secs_f64();
+
+    // The search server's own rate for such documents: bulk-index `implied` copies of real ones.
+    let sample = osmem.doc("book", "2").expect("doc 2");
+    let source = sample.get("_source").cloned().unwrap_or(sample);
+    let mut body = String::new();
+    let batch = 1000usize;
+    for i in 0..batch {
+        body.push_str(&format!("{{\"index\":{{\"_index\":\"book_probe\",\"_id\":\"{i}\"}}}}\n{source}\n"));
+    }
+    let probe_docs = implied.clamp(10_000, 100_000);
+    let t = Instant::now();
+    let mut sent = 0u64;
+    while sent < probe_docs {
+        let (status, _) = harness::http_request(osmem.port(), "POST", "/_bulk", "application/x-ndjson", body.as_bytes()).unwrap();
+        assert_eq!(status, 200);
+        sent += batch as u64;
+    }
+    let se_rate = sent as f64 / t.elapsed().as_secs_f64();
+
+    let _ = Command::new("kill").arg("-TERM").arg(daemon.id().to_string()).status();
+    let status = daemon.wait().unwrap();
+
+    println!("streaming benchmark, {n} roots");
+    println!(
+        "latency over {} single-row changes 200 ms apart: p50 {:.1} ms, p95 {:.1} ms, max {:.1} ms",
+        lat.len(),
+        common::percentile(&lat, 50.0),
+        common::percentile(&lat, 95.0),
+        lat.last().copied().unwrap_or(0.0)
+    );
+    println!(
+        "burst of {burst} changes: applied by psql in {applied:.2}s, reflected after {drained:.2}s; \
+         {implied} document rebuilds implied -> {:.0} docs/s; search server alone (one client): {se_rate:.0} docs/s",
+        implied as f64 / drained
+    );
+    println!("daemon exit after SIGTERM: {status}");
+}
+
+fn psql_fast(port: u16, sql: &str) {
+    let out = Command::new(harness::pg_bin_dir().join("psql"))
+        .args(["-X", "-q", "-h", "127.0.0.1", "-U", "postgres", "-d", "bench", "-p"])
+        .arg(port.to_string())
+        .arg("-c")
+        .arg(sql)
+        .output()
+        .expect("psql");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
