@@ -4,8 +4,8 @@
 mod load;
 mod secret;
 
-pub use load::load;
-pub use secret::Secret;
+pub use load::{connect, load, load_with, Loaded};
+pub use secret::{mask_url, Secret};
 
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;

@@ -1,2 +1,209 @@
 //! Where documents go: the search engine through the `elasticsearch` crate (right for
 //! Elasticsearch 7–9 and OpenSearch 1–3), an NDJSON file, or nowhere.
+//!
+//! Writers build bulk bodies with [`push_index_action`] / [`push_delete_action`] straight into a
+//! byte buffer (no per-document `serde_json::Value`), wrap them in a [`BulkBatch`] and hand it to
+//! [`Sink::bulk`].
+
+mod actions;
+mod file;
+mod response;
+mod search;
+
+pub use actions::{push_delete_action, push_index_action};
+pub use file::FileSink;
+pub use search::{SearchSink, ServerInfo};
+
+use crate::config::{Config, OutputKind};
+use crate::Result;
+
+/// One `_bulk` request body and the `_id` of each of its actions, in order: item results come back
+/// in the same order, so a failure can be reported by document id and a retry can re-send
+/// exactly the failed actions.
+#[derive(Debug, Clone, Default)]
+pub struct BulkBatch {
+    /// NDJSON actions, each line terminated by `\n`.
+    pub body: bytes::Bytes,
+    /// The `_id` of each action, in order.
+    pub ids: Vec<String>,
+}
+
+impl BulkBatch {
+    /// Wraps a body built with the `push_*_action` helpers and the ids pushed, in order.
+    pub fn new(body: impl Into<bytes::Bytes>, ids: Vec<String>) -> Self {
+        BulkBatch {
+            body: body.into(),
+            ids,
+        }
+    }
+
+    /// Number of actions.
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// Whether there is nothing to send (an empty `_bulk` is a 400, so it is never sent).
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+}
+
+/// A document the engine rejected for good (mapping conflict, bad value, version conflict…):
+/// retrying the same document cannot help, so the caller logs or dead-letters it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ItemFailure {
+    /// The document `_id`.
+    pub id: String,
+    /// The item's HTTP status, e.g. 400 or 409.
+    pub status: u16,
+    /// The engine's error type and reason, e.g. `mapper_parsing_exception: failed to parse …`.
+    pub reason: String,
+}
+
+/// What became of a [`BulkBatch`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BulkOutcome {
+    /// Actions applied (a delete of a missing document counts: the end state is right).
+    pub succeeded: usize,
+    /// Actions rejected for good.
+    pub failures: Vec<ItemFailure>,
+    /// Requests re-sent after 429, 5xx or connection errors (whole or only the failed items).
+    pub retries: u32,
+}
+
+/// The configured destination. Cloning is cheap and clones share connections / the file.
+#[derive(Clone)]
+pub enum Sink {
+    /// Elasticsearch or OpenSearch.
+    Search(SearchSink),
+    /// NDJSON bulk bodies appended to a file (inspection, replay with curl, tests).
+    Ndjson(FileSink),
+    /// Dropped: measures the pipeline's own ceiling.
+    Discard,
+}
+
+impl std::fmt::Debug for Sink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Sink::Search(s) => write!(f, "Sink::{s:?}"),
+            Sink::Ndjson(s) => write!(f, "Sink::{s:?}"),
+            Sink::Discard => f.write_str("Sink::Discard"),
+        }
+    }
+}
+
+impl Sink {
+    /// Builds the sink `output.kind` selects. Does no network I/O (see [`Sink::check`]).
+    pub fn from_config(cfg: &Config) -> Result<Sink> {
+        Ok(match cfg.output.kind {
+            OutputKind::Search => Sink::Search(SearchSink::new(&cfg.search, &cfg.pipeline)?),
+            OutputKind::Ndjson => {
+                let path = cfg.output.path.as_ref().ok_or_else(|| {
+                    crate::Error::config(
+                        "output.kind = \"ndjson\" needs output.path (the file bulk bodies are appended to)",
+                    )
+                })?;
+                Sink::Ndjson(FileSink::open(path)?)
+            }
+            OutputKind::Discard => Sink::Discard,
+        })
+    }
+
+    /// Verifies the destination is usable before any work starts: `GET /` on the engine (an
+    /// unreachable engine is reported with its masked URL). Files and discard always pass.
+    pub async fn check(&self) -> Result<()> {
+        match self {
+            Sink::Search(s) => s.check().await,
+            Sink::Ndjson(_) | Sink::Discard => Ok(()),
+        }
+    }
+
+    /// Creates `index` with `body` (`{"settings": …, "mappings": …}`) when it is missing and
+    /// returns true; leaves an existing index alone (false) unless `recreate`, which deletes it
+    /// first. Files and discard have no index state and report true (fresh).
+    pub async fn ensure_index(
+        &self,
+        index: &str,
+        body: &serde_json::Value,
+        recreate: bool,
+    ) -> Result<bool> {
+        match self {
+            Sink::Search(s) => s.ensure_index(index, body, recreate).await,
+            Sink::Ndjson(_) | Sink::Discard => Ok(true),
+        }
+    }
+
+    /// Sends one bulk request, retrying transient failures; see [`SearchSink::bulk`].
+    pub async fn bulk(&self, batch: BulkBatch) -> Result<BulkOutcome> {
+        match self {
+            Sink::Search(s) => s.bulk(batch).await,
+            Sink::Ndjson(f) => f.bulk(batch).await,
+            Sink::Discard => Ok(BulkOutcome {
+                succeeded: batch.len(),
+                ..BulkOutcome::default()
+            }),
+        }
+    }
+
+    /// Makes written documents visible to search (end of an initial sync, tests).
+    pub async fn refresh(&self, index: &str) -> Result<()> {
+        match self {
+            Sink::Search(s) => s.refresh(index).await,
+            Sink::Ndjson(f) => f.flush().await,
+            Sink::Discard => Ok(()),
+        }
+    }
+
+    /// Deletes `index` (`pgsync --teardown`); a missing index is not an error.
+    pub async fn delete_index(&self, index: &str) -> Result<()> {
+        match self {
+            Sink::Search(s) => s.delete_index(index).await,
+            Sink::Ndjson(_) | Sink::Discard => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn discard_reports_success() {
+        let mut buf = Vec::new();
+        push_index_action(&mut buf, "i", "1", None, None, b"{}");
+        push_delete_action(&mut buf, "i", "2", None);
+        let out = Sink::Discard
+            .bulk(BulkBatch::new(buf, vec!["1".into(), "2".into()]))
+            .await
+            .unwrap();
+        assert_eq!(out.succeeded, 2);
+        assert!(out.failures.is_empty());
+    }
+
+    #[test]
+    fn sink_and_its_futures_can_cross_threads() {
+        fn send_sync<T: Send + Sync + Clone + 'static>(_: &T) {}
+        fn send<T: Send>(_: T) {}
+        let s = Sink::Discard;
+        send_sync(&s);
+        send(s.bulk(BulkBatch::default()));
+        send(s.check());
+        send(s.ensure_index("i", &serde_json::Value::Null, false));
+        send(s.refresh("i"));
+        send(s.delete_index("i"));
+        assert_eq!(format!("{s:?}"), "Sink::Discard");
+    }
+
+    #[tokio::test]
+    async fn from_config_picks_the_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = Config::default();
+        assert!(matches!(Sink::from_config(&cfg).unwrap(), Sink::Search(_)));
+        cfg.output.kind = OutputKind::Discard;
+        assert!(matches!(Sink::from_config(&cfg).unwrap(), Sink::Discard));
+        cfg.output.kind = OutputKind::Ndjson;
+        assert!(Sink::from_config(&cfg).is_err());
+        cfg.output.path = Some(dir.path().join("out.ndjson"));
+        assert!(matches!(Sink::from_config(&cfg).unwrap(), Sink::Ndjson(_)));
+    }
+}

@@ -1,0 +1,722 @@
+//! The Elasticsearch/OpenSearch sink. Requests go through the `elasticsearch` crate's transport
+//! with plain paths (`/_bulk`, `/{index}`, `/{index}/_refresh`) that mean the same thing on
+//! Elasticsearch 7–9 and OpenSearch 1–3, and with `application/json` / `application/x-ndjson`
+//! content types (OpenSearch rejects Elasticsearch's `compatible-with` media types).
+
+use super::actions::split_actions;
+use super::response::{error_body_text, parse_bulk_response};
+use super::{BulkBatch, BulkOutcome};
+use crate::config::{Engine, PipelineConfig, SearchConfig};
+use crate::{Error, ErrorKind, Result};
+use bytes::Bytes;
+use elasticsearch::auth::Credentials;
+use elasticsearch::cert::{Certificate, CertificateValidation};
+use elasticsearch::http::headers::{HeaderMap, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use elasticsearch::http::transport::{SingleNodeConnectionPool, Transport, TransportBuilder};
+use elasticsearch::http::{Method, Url};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// `_bulk` asks only for what is read back: the flag, and per item its status and error.
+const BULK_PATH: &str = "/_bulk?filter_path=errors,items.*.status,items.*.error";
+/// Longest wait between two retries, whatever the backoff doubling says.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// A search-engine sink. Cheap to clone: clones share the HTTP connection pool.
+#[derive(Clone)]
+pub struct SearchSink {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for SearchSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SearchSink({})", self.url())
+    }
+}
+
+struct Inner {
+    transport: Transport,
+    /// The base URL without credentials, for messages.
+    url: String,
+    engine: Engine,
+    max_retries: u32,
+    backoff: Duration,
+}
+
+/// What `GET /` says about the engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerInfo {
+    /// Elasticsearch or OpenSearch (from `version.distribution`).
+    pub engine: Engine,
+    /// `version.number`, e.g. `8.15.0` or `2.17.1`.
+    pub version: String,
+}
+
+/// A status and body that came back from the engine.
+struct Answer {
+    status: u16,
+    body: Bytes,
+}
+
+impl Answer {
+    fn ok(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+}
+
+/// A transient failure of one attempt: a connection error or a 429/5xx answer.
+enum Attempt {
+    Done(Answer),
+    Transient {
+        reason: String,
+        answer: Option<Answer>,
+        retry_after: Option<Duration>,
+    },
+}
+
+impl SearchSink {
+    /// Builds the client from `[search]` (URL, basic auth or API key, CA certificate or no
+    /// verification, timeout) and the retry policy from `[pipeline]`. No network I/O.
+    pub fn new(search: &SearchConfig, pipeline: &PipelineConfig) -> Result<SearchSink> {
+        let shown = crate::config::mask_url(&search.url);
+        let mut url = Url::parse(search.url.trim()).map_err(|e| {
+            Error::config(format!("search.url = {shown:?} is not a valid URL: {e}"))
+        })?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(Error::config(format!(
+                "search.url = {shown:?} must start with http:// or https://"
+            )));
+        }
+        // Credentials embedded in the URL (the loader moves them out, but a hand-built config may
+        // still carry them) become basic auth; the URL used for requests and messages has none.
+        let url_user = (!url.username().is_empty()).then(|| decode(url.username()));
+        let url_pass = url.password().map(decode);
+        let _ = url.set_username("");
+        let _ = url.set_password(None);
+        if !url.path().ends_with('/') {
+            let p = format!("{}/", url.path());
+            url.set_path(&p);
+        }
+        let shown = url.as_str().trim_end_matches('/').to_owned();
+
+        let mut b =
+            TransportBuilder::new(SingleNodeConnectionPool::new(url)).enable_meta_header(false);
+        if search.timeout_secs > 0 {
+            b = b.timeout(Duration::from_secs(search.timeout_secs));
+        }
+        if let Some(key) = &search.api_key {
+            b = b.auth(match key.expose().split_once(':') {
+                Some((id, k)) => Credentials::ApiKey(id.to_owned(), k.to_owned()),
+                None => Credentials::EncodedApiKey(key.expose().to_owned()),
+            });
+        } else {
+            let user = search.username.clone().or(url_user);
+            let pass = search
+                .password
+                .as_ref()
+                .map(|p| p.expose().to_owned())
+                .or(url_pass);
+            if user.is_some() || pass.is_some() {
+                b = b.auth(Credentials::Basic(
+                    user.unwrap_or_default(),
+                    pass.unwrap_or_default(),
+                ));
+            }
+        }
+        if search.insecure_skip_verify {
+            b = b.cert_validation(CertificateValidation::None);
+        } else if let Some(ca) = &search.ca_cert {
+            let pem = std::fs::read(ca).map_err(|e| {
+                Error::config(format!("cannot read search.ca_cert {}: {e}", ca.display()))
+            })?;
+            let cert = Certificate::from_pem(&pem).map_err(|e| {
+                Error::config(format!(
+                    "search.ca_cert {} is not a PEM certificate: {e}",
+                    ca.display()
+                ))
+            })?;
+            b = b.cert_validation(CertificateValidation::Full(cert));
+        }
+        let transport = b.build().map_err(|e| {
+            Error::config(format!("cannot set up the search client for {shown}: {e}"))
+        })?;
+        Ok(SearchSink {
+            inner: Arc::new(Inner {
+                transport,
+                url: shown,
+                engine: search.engine,
+                max_retries: pipeline.max_retries,
+                backoff: Duration::from_millis(pipeline.retry_backoff_ms),
+            }),
+        })
+    }
+
+    /// The base URL, without credentials: safe to print.
+    pub fn url(&self) -> &str {
+        &self.inner.url
+    }
+
+    /// `GET /`: which engine and version answers. Not retried: it is the reachability probe.
+    pub async fn server_info(&self) -> Result<ServerInfo> {
+        let mut retries = 0;
+        let a = self
+            .request(Method::Get, "/", None, None, &mut retries, 0)
+            .await?;
+        if !a.ok() {
+            return Err(self.status_error("GET", "/", &a));
+        }
+        let v: serde_json::Value = serde_json::from_slice(&a.body).map_err(|e| {
+            Error::new(
+                ErrorKind::SinkRejected,
+                format!(
+                    "{} does not look like Elasticsearch or OpenSearch (GET / is not JSON: {e})",
+                    self.url()
+                ),
+            )
+        })?;
+        let engine = match v["version"]["distribution"].as_str() {
+            Some("opensearch") => Engine::Opensearch,
+            _ => Engine::Elasticsearch,
+        };
+        Ok(ServerInfo {
+            engine,
+            version: v["version"]["number"].as_str().unwrap_or("?").to_owned(),
+        })
+    }
+
+    /// Checks the engine answers `GET /` (and that credentials are accepted); warns when it is
+    /// not the configured engine family.
+    pub async fn check(&self) -> Result<()> {
+        let info = self.server_info().await?;
+        let name = |e: Engine| match e {
+            Engine::Elasticsearch => "Elasticsearch",
+            Engine::Opensearch => "OpenSearch",
+        };
+        tracing::info!(
+            "search engine at {} is {} {}",
+            self.url(),
+            name(info.engine),
+            info.version
+        );
+        if info.engine != self.inner.engine {
+            tracing::warn!(
+                "search.engine is {} but {} is {} {}; set search.engine (or OPENSEARCH) to match",
+                name(self.inner.engine),
+                self.url(),
+                name(info.engine),
+                info.version
+            );
+        }
+        Ok(())
+    }
+
+    /// Whether `index` (or an alias of that name) exists.
+    pub async fn index_exists(&self, index: &str) -> Result<bool> {
+        let path = index_path(index, "")?;
+        let mut retries = 0;
+        let a = self
+            .request(
+                Method::Head,
+                &path,
+                None,
+                None,
+                &mut retries,
+                self.inner.max_retries,
+            )
+            .await?;
+        match a.status {
+            200..=299 => Ok(true),
+            404 => Ok(false),
+            _ => Err(self.status_error("HEAD", &path, &a)),
+        }
+    }
+
+    /// See [`super::Sink::ensure_index`].
+    pub async fn ensure_index(
+        &self,
+        index: &str,
+        body: &serde_json::Value,
+        recreate: bool,
+    ) -> Result<bool> {
+        let path = index_path(index, "")?;
+        if self.index_exists(index).await? {
+            if !recreate {
+                return Ok(false);
+            }
+            self.delete_index(index).await?;
+        }
+        let body = if body.is_null() {
+            Bytes::from_static(b"{}")
+        } else {
+            Bytes::from(serde_json::to_vec(body).expect("JSON value serializes"))
+        };
+        let mut retries = 0;
+        let a = self
+            .request(
+                Method::Put,
+                &path,
+                Some("application/json"),
+                Some(body),
+                &mut retries,
+                self.inner.max_retries,
+            )
+            .await?;
+        if a.ok() {
+            tracing::info!("created index {index} on {}", self.url());
+            return Ok(true);
+        }
+        // Someone else created it between the check and the create.
+        if !recreate
+            && a.status == 400
+            && error_body_text(&a.body).starts_with("resource_already_exists_exception")
+        {
+            return Ok(false);
+        }
+        Err(self
+            .status_error("PUT", &path, &a)
+            .context(format!("creating index {index}")))
+    }
+
+    /// Sends a bulk request. Whole-request failures (connection errors, 429, 5xx) are retried
+    /// with exponential backoff; after a 2xx, items rejected with 429/5xx are re-sent alone
+    /// (same backoff, same `pipeline.max_retries` budget for the whole call). Other item
+    /// rejections come back as [`super::ItemFailure`]s; a delete of a missing document counts as
+    /// success. When the budget runs out the call fails with a transient error and the caller
+    /// may re-send the whole batch (index and delete actions are idempotent).
+    pub async fn bulk(&self, batch: BulkBatch) -> Result<BulkOutcome> {
+        let mut out = BulkOutcome::default();
+        if batch.is_empty() {
+            return Ok(out);
+        }
+        let max = self.inner.max_retries;
+        let (mut body, mut ids) = (batch.body, batch.ids);
+        loop {
+            let a = self
+                .request(
+                    Method::Post,
+                    BULK_PATH,
+                    Some("application/x-ndjson"),
+                    Some(body.clone()),
+                    &mut out.retries,
+                    max,
+                )
+                .await?;
+            if !a.ok() {
+                let mut e = self.status_error("POST", "/_bulk", &a);
+                if a.status == 413 {
+                    e = e.with_hint("lower pipeline.batch_bytes or pipeline.batch_docs, or raise http.max_content_length on the engine");
+                }
+                return Err(e.context(format!("bulk of {} actions", ids.len())));
+            }
+            let parsed = parse_bulk_response(&a.body, &ids)
+                .map_err(|e| e.context(format!("bulk to {}", self.url())))?;
+            out.succeeded += parsed.succeeded;
+            out.failures.extend(parsed.failures);
+            if parsed.retry.is_empty() {
+                return Ok(out);
+            }
+            if out.retries >= max {
+                return Err(Error::new(
+                    ErrorKind::SinkTransient,
+                    format!(
+                        "bulk to {}: {} of {} actions still rejected after {} retries (first: {})",
+                        self.url(),
+                        parsed.retry.len(),
+                        ids.len(),
+                        out.retries,
+                        parsed.retry_reason.unwrap_or_default()
+                    ),
+                )
+                .with_hint("the engine is overloaded: lower pipeline.writers or pipeline.batch_docs, or raise pipeline.max_retries"));
+            }
+            let delay = backoff(self.inner.backoff, out.retries);
+            tracing::warn!(
+                "bulk to {}: {} of {} actions rejected ({}); re-sending them in {:?}",
+                self.url(),
+                parsed.retry.len(),
+                ids.len(),
+                parsed.retry_reason.as_deref().unwrap_or(""),
+                delay
+            );
+            tokio::time::sleep(delay).await;
+            out.retries += 1;
+            (body, ids) = subset(&body, &ids, &parsed.retry)?;
+        }
+    }
+
+    /// `POST /{index}/_refresh`.
+    pub async fn refresh(&self, index: &str) -> Result<()> {
+        let path = index_path(index, "/_refresh")?;
+        let mut retries = 0;
+        let a = self
+            .request(
+                Method::Post,
+                &path,
+                None,
+                None,
+                &mut retries,
+                self.inner.max_retries,
+            )
+            .await?;
+        if a.ok() {
+            Ok(())
+        } else {
+            Err(self.status_error("POST", &path, &a))
+        }
+    }
+
+    /// `DELETE /{index}`; a missing index is fine.
+    pub async fn delete_index(&self, index: &str) -> Result<()> {
+        let path = index_path(index, "")?;
+        let mut retries = 0;
+        let a = self
+            .request(
+                Method::Delete,
+                &path,
+                None,
+                None,
+                &mut retries,
+                self.inner.max_retries,
+            )
+            .await?;
+        if a.ok() || a.status == 404 {
+            Ok(())
+        } else {
+            Err(self.status_error("DELETE", &path, &a))
+        }
+    }
+
+    /// Sends one request, retrying connection errors, 429 and 5xx up to `max_retries` in total
+    /// (counted in `retries`, shared across a bulk call). Other statuses are returned as is.
+    async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: Option<&'static str>,
+        body: Option<Bytes>,
+        retries: &mut u32,
+        max_retries: u32,
+    ) -> Result<Answer> {
+        loop {
+            match self.attempt(method, path, content_type, body.clone()).await {
+                Attempt::Done(a) => return Ok(a),
+                Attempt::Transient {
+                    reason,
+                    answer,
+                    retry_after,
+                } => {
+                    let what = format!("{} {}", method_name(method), strip_query(path));
+                    if *retries >= max_retries {
+                        let after = if *retries > 0 {
+                            format!(" after {} retries", *retries)
+                        } else {
+                            String::new()
+                        };
+                        return Err(match answer {
+                            Some(a) => self
+                                .status_error(method_name(method), path, &a)
+                                .context(format!("gave up{after}")),
+                            None => Error::new(
+                                ErrorKind::SinkTransient,
+                                format!(
+                                    "cannot reach search engine at {} ({what}){after}: {reason}",
+                                    self.url()
+                                ),
+                            ),
+                        });
+                    }
+                    let mut delay = backoff(self.inner.backoff, *retries);
+                    if let Some(ra) = retry_after {
+                        delay = delay.max(ra.min(Duration::from_secs(60)));
+                    }
+                    tracing::warn!(
+                        "search engine at {}: {what} failed ({reason}); retrying in {delay:?}",
+                        self.url()
+                    );
+                    tokio::time::sleep(delay).await;
+                    *retries += 1;
+                }
+            }
+        }
+    }
+
+    async fn attempt(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: Option<&'static str>,
+        body: Option<Bytes>,
+    ) -> Attempt {
+        let mut headers = HeaderMap::new();
+        if let Some(ct) = content_type {
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static(ct));
+        }
+        let resp = match self
+            .inner
+            .transport
+            .send(method, path, headers, None::<&()>, body, None)
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                return Attempt::Transient {
+                    reason: error_chain(&e),
+                    answer: None,
+                    retry_after: None,
+                }
+            }
+        };
+        let status = resp.status_code().as_u16();
+        let retry_after = resp
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let body = match resp.bytes().await {
+            Ok(b) => b,
+            Err(e) => {
+                return Attempt::Transient {
+                    reason: format!("reading the answer failed: {}", error_chain(&e)),
+                    answer: None,
+                    retry_after: None,
+                }
+            }
+        };
+        let a = Answer { status, body };
+        if status == 429 || status >= 500 {
+            Attempt::Transient {
+                reason: format!("{status} {}", error_body_text(&a.body)),
+                answer: Some(a),
+                retry_after,
+            }
+        } else {
+            Attempt::Done(a)
+        }
+    }
+
+    /// An error for a non-2xx answer: transient for 429/5xx, rejected otherwise, naming URL,
+    /// request and the engine's reason.
+    fn status_error(&self, method: &str, path: &str, a: &Answer) -> Error {
+        let kind = if a.status == 429 || a.status >= 500 {
+            ErrorKind::SinkTransient
+        } else {
+            ErrorKind::SinkRejected
+        };
+        let e = Error::new(
+            kind,
+            format!(
+                "search engine at {} answered {} to {method} {}: {}",
+                self.url(),
+                a.status,
+                strip_query(path),
+                error_body_text(&a.body)
+            ),
+        );
+        match a.status {
+            401 | 403 => e.with_hint(
+                "check search.username/search.password or search.api_key (ELASTICSEARCH_USER, ELASTICSEARCH_PASSWORD, ELASTICSEARCH_API_KEY)",
+            ),
+            _ => e,
+        }
+    }
+}
+
+fn method_name(m: Method) -> &'static str {
+    match m {
+        Method::Get => "GET",
+        Method::Put => "PUT",
+        Method::Post => "POST",
+        Method::Delete => "DELETE",
+        Method::Head => "HEAD",
+    }
+}
+
+fn strip_query(path: &str) -> &str {
+    path.split('?').next().unwrap_or(path)
+}
+
+/// `base * 2^n`, capped.
+fn backoff(base: Duration, n: u32) -> Duration {
+    base.saturating_mul(1u32 << n.min(16)).min(MAX_BACKOFF)
+}
+
+/// `/{index}{suffix}` after checking the name cannot address anything else: no wildcards, commas
+/// or path characters (a `*` would make `delete_index` delete every index).
+fn index_path(index: &str, suffix: &str) -> Result<String> {
+    const FORBIDDEN: &[char] = &[
+        '*', '?', ',', '/', '\\', '"', '<', '>', '|', ' ', '#', ':', '%',
+    ];
+    let bad = index.is_empty()
+        || index == "."
+        || index == ".."
+        || index.starts_with(['-', '_', '+'])
+        || index.contains(FORBIDDEN)
+        || index.chars().any(|c| c.is_control() || c.is_uppercase())
+        || index.len() > 255;
+    if bad {
+        return Err(Error::new(
+            ErrorKind::SinkRejected,
+            format!("invalid index name {index:?}: index names are lowercase, at most 255 bytes, and have no wildcards, commas, spaces or path characters"),
+        ));
+    }
+    Ok(format!("/{index}{suffix}"))
+}
+
+/// A new body holding only the actions at `positions`, with their ids.
+fn subset(body: &Bytes, ids: &[String], positions: &[usize]) -> Result<(Bytes, Vec<String>)> {
+    let ranges = split_actions(body)?;
+    if ranges.len() != ids.len() {
+        return Err(Error::internal(format!(
+            "bulk batch has {} actions but {} ids",
+            ranges.len(),
+            ids.len()
+        )));
+    }
+    let mut out = Vec::new();
+    let mut new_ids = Vec::with_capacity(positions.len());
+    for &p in positions {
+        let action = &body[ranges[p].clone()];
+        out.extend_from_slice(action);
+        if !action.ends_with(b"\n") {
+            out.push(b'\n');
+        }
+        new_ids.push(ids[p].clone());
+    }
+    Ok((Bytes::from(out), new_ids))
+}
+
+/// An error and its sources, `a: b: c`, without repeats (reqwest's top-level message alone says
+/// little: "error sending request").
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut parts: Vec<String> = vec![e.to_string()];
+    let mut src = e.source();
+    while let Some(s) = src {
+        let t = s.to_string();
+        if !parts.iter().any(|p| p.contains(&t)) {
+            parts.push(t);
+        }
+        src = s.source();
+    }
+    crate::config::mask_url(&parts.join(": "))
+}
+
+/// Decodes `%XX` escapes of URL user-info.
+fn decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            let hex = |x: u8| (x as char).to_digit(16);
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Secret;
+
+    fn sink(url: &str) -> SearchSink {
+        let search = SearchConfig {
+            url: url.into(),
+            ..SearchConfig::default()
+        };
+        SearchSink::new(&search, &PipelineConfig::default()).unwrap()
+    }
+
+    #[test]
+    fn url_credentials_never_shown() {
+        let s = sink("http://elastic:s3cret@localhost:9200");
+        assert_eq!(s.url(), "http://localhost:9200");
+        let s = sink("https://es.example/prefix");
+        assert_eq!(s.url(), "https://es.example/prefix");
+        let search = SearchConfig {
+            url: "ftp://u:s3cret@x".into(),
+            ..SearchConfig::default()
+        };
+        let e = SearchSink::new(&search, &PipelineConfig::default())
+            .err()
+            .unwrap();
+        assert!(!e.to_string().contains("s3cret"), "{e}");
+    }
+
+    #[test]
+    fn api_key_and_ca_cert_errors() {
+        let search = SearchConfig {
+            api_key: Some(Secret::new("id:key")),
+            ca_cert: Some("/nonexistent/ca.pem".into()),
+            ..SearchConfig::default()
+        };
+        let e = SearchSink::new(&search, &PipelineConfig::default())
+            .err()
+            .unwrap();
+        assert_eq!(e.kind, ErrorKind::Config);
+        assert!(e.message.contains("/nonexistent/ca.pem"), "{e}");
+    }
+
+    #[test]
+    fn index_names_are_checked() {
+        assert_eq!(index_path("books", "/_refresh").unwrap(), "/books/_refresh");
+        assert_eq!(index_path("bücher-2024.v1", "").unwrap(), "/bücher-2024.v1");
+        for bad in [
+            "", "*", "a,b", "a/b", "Books", "_x", "-x", "a b", "..", "a?",
+        ] {
+            assert!(index_path(bad, "").is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let b = Duration::from_millis(200);
+        assert_eq!(backoff(b, 0), Duration::from_millis(200));
+        assert_eq!(backoff(b, 3), Duration::from_millis(1600));
+        assert_eq!(backoff(b, 40), MAX_BACKOFF);
+    }
+
+    #[test]
+    fn subset_keeps_addressed_actions() {
+        let mut buf = Vec::new();
+        super::super::push_index_action(&mut buf, "i", "a", None, None, b"{}");
+        super::super::push_delete_action(&mut buf, "i", "b", None);
+        super::super::push_index_action(&mut buf, "i", "c", Some("r"), None, b"{\"x\":1}");
+        let ids = vec!["a".to_string(), "b".into(), "c".into()];
+        let (body, new_ids) = subset(&Bytes::from(buf), &ids, &[1, 2]).unwrap();
+        assert_eq!(new_ids, vec!["b", "c"]);
+        assert_eq!(
+            std::str::from_utf8(&body).unwrap(),
+            "{\"delete\":{\"_index\":\"i\",\"_id\":\"b\"}}\n\
+             {\"index\":{\"_index\":\"i\",\"_id\":\"c\",\"routing\":\"r\"}}\n{\"x\":1}\n"
+        );
+        assert!(subset(&body, &ids, &[0]).is_err());
+    }
+
+    #[tokio::test]
+    async fn unreachable_engine_names_masked_url() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let s = sink(&format!("http://elastic:s3cret@127.0.0.1:{port}"));
+        let e = s.check().await.unwrap_err();
+        assert_eq!(e.kind, ErrorKind::SinkTransient);
+        let text = e.to_string();
+        assert!(
+            text.contains(&format!(
+                "cannot reach search engine at http://127.0.0.1:{port}"
+            )),
+            "{text}"
+        );
+        assert!(!text.contains("s3cret"), "{text}");
+    }
+}
