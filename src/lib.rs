@@ -3,7 +3,6 @@
 //! through a staged actor pipeline on bounded channels, and bulk-written.
 
 pub mod checkpoint;
-#[path = "cli/stub.rs"]
 pub mod cli;
 pub mod config;
 pub mod error;

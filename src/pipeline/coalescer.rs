@@ -62,6 +62,7 @@ impl Coalescer {
         errors: mpsc::UnboundedSender<Error>,
         done: tokio::sync::oneshot::Sender<()>,
     ) -> Self {
+        let last_dispatched = *frontier.borrow();
         Coalescer {
             plan,
             settings,
@@ -74,7 +75,7 @@ impl Coalescer {
             errors,
             buffer: vec![],
             position: None,
-            last_dispatched: *frontier_start(&frontier),
+            last_dispatched,
             timer: None,
             effects: HashMap::new(),
             done: Some(done),
@@ -168,8 +169,9 @@ impl StreamHandler<Transaction> for Coalescer {
     }
 
     fn finished(&mut self, ctx: &mut Context<Self>) {
-        self.flush(ctx);
+        // actix runs queued `wait` futures newest first: queue the stop before the flush.
         ctx.wait(async {}.into_actor(self).map(|_, _, ctx| ctx.stop()));
+        self.flush(ctx);
     }
 }
 
@@ -325,10 +327,6 @@ async fn whole_index_step(out: &Lanes<FetchRequest>, make: impl FnOnce(Completio
         .map_err(|_| Error::internal("fetcher stage stopped"))?;
     rx.await
         .map_err(|_| Error::internal("a whole-index rebuild or delete did not complete"))
-}
-
-fn frontier_start(f: &watch::Receiver<u64>) -> watch::Ref<'_, u64> {
-    f.borrow()
 }
 
 /// Waits until the stored checkpoint reaches `position`.

@@ -103,7 +103,7 @@ pub async fn initial_sync(cfg: &Config, plan: Arc<IndexPlan>, sink: Sink, snapsh
     // Back to front: writers, then fetchers given the writers' lanes, then the planner.
     let (write_lanes, dones) = spawn_writers(cfg, &sink, &index, &stats, &err_tx, Duration::from_millis(200));
     let fetch_lanes = spawn_fetchers(cfg, &plan, snapshot, &write_lanes, &stats, &err_tx, cfg.pipeline.fetchers);
-    let blocked_lanes = write_lanes.clone();
+    let blocked = write_lanes.blocked_counter();
     drop(write_lanes);
 
     let client = crate::config::connect(cfg, &plan.spec.database).await?;
@@ -141,6 +141,6 @@ pub async fn initial_sync(cfg: &Config, plan: Arc<IndexPlan>, sink: Sink, snapsh
         failed: stats.failed(),
         retries: stats.retries(),
         elapsed: started.elapsed(),
-        blocked: blocked_lanes.blocked(),
+        blocked: blocked.get(),
     })
 }

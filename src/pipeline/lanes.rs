@@ -79,6 +79,11 @@ impl<T: Send + 'static> Lanes<T> {
     pub fn blocked(&self) -> Duration {
         Duration::from_micros(self.blocked_micros.load(Ordering::Relaxed))
     }
+
+    /// A handle on the blocked-time counter that does not keep the lanes open.
+    pub fn blocked_counter(&self) -> BlockedCounter {
+        BlockedCounter(self.blocked_micros.clone())
+    }
 }
 
 /// A bounded tokio receiver as a `Stream`, to attach to an actor with `ctx.add_stream`.
@@ -91,5 +96,16 @@ impl<T> futures::Stream for ReceiverStream<T> {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<T>> {
         self.0.poll_recv(cx)
+    }
+}
+
+/// Reads a stage's time blocked on backpressure without holding its senders.
+#[derive(Clone)]
+pub struct BlockedCounter(Arc<std::sync::atomic::AtomicU64>);
+
+impl BlockedCounter {
+    /// Total time senders spent waiting on full lanes.
+    pub fn get(&self) -> Duration {
+        Duration::from_micros(self.0.load(Ordering::Relaxed))
     }
 }

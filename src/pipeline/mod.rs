@@ -4,13 +4,13 @@
 //! mailboxes alone do not bound it). Stages are spawned back to front so each is handed the
 //! senders of its downstream stage.
 
-// Enabled once the sink lands (shared checkout).
-// pub mod fetcher;
-// pub mod initial;
+pub mod daemon;
+pub mod fetcher;
+pub mod initial;
 pub mod lanes;
-// pub mod coalescer;
+pub mod coalescer;
 pub mod messages;
 pub mod meta;
 pub mod planner;
 pub mod progress;
-// pub mod writer;
+pub mod writer;

@@ -3,7 +3,6 @@
 //! the backpressure to the fetchers), and reports every per-item failure with the document `_id`
 //! and the engine's reason. A chunk's completion is released only after its request succeeded.
 
-use super::lanes::ReceiverStream;
 use super::messages::{Completion, DocChunk};
 use super::progress::Stats;
 use crate::sink::{BulkBatch, Sink};
@@ -26,19 +25,28 @@ pub struct WriterSettings {
     pub linger: Duration,
 }
 
-/// The writer actor.
+/// The writer actor. Its work is one async loop (spawned when the actor starts) that owns the
+/// bounded input: batching, request slots and barriers stay in order without relying on the
+/// ordering of queued actor futures.
 pub struct Writer {
+    state: Option<WriterLoop>,
+    done: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+struct WriterLoop {
     sink: Sink,
     index: String,
     settings: WriterSettings,
-    input: Option<tokio::sync::mpsc::Receiver<DocChunk>>,
+    input: tokio::sync::mpsc::Receiver<DocChunk>,
+    stats: Arc<Stats>,
+    errors: tokio::sync::mpsc::UnboundedSender<Error>,
+}
+
+#[derive(Default)]
+struct Pending {
     body: Vec<u8>,
     ids: Vec<String>,
     completions: Vec<Completion>,
-    slots: Arc<Semaphore>,
-    stats: Arc<Stats>,
-    errors: tokio::sync::mpsc::UnboundedSender<Error>,
-    done: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl Writer {
@@ -55,88 +63,16 @@ impl Writer {
         done: tokio::sync::oneshot::Sender<()>,
     ) -> Self {
         Writer {
-            sink,
-            index,
-            slots: Arc::new(Semaphore::new(settings.in_flight.max(1))),
-            settings,
-            input: Some(input),
-            body: Vec::new(),
-            ids: Vec::new(),
-            completions: Vec::new(),
-            stats,
-            errors,
+            state: Some(WriterLoop {
+                sink,
+                index,
+                settings,
+                input,
+                stats,
+                errors,
+            }),
             done: Some(done),
         }
-    }
-
-    /// Sends what is buffered as one bulk request, waiting (and so not pulling input) until a
-    /// request slot is free.
-    fn flush(&mut self, ctx: &mut Context<Self>) {
-        if self.ids.is_empty() {
-            self.completions.clear();
-            return;
-        }
-        let batch = BulkBatch {
-            body: bytes::Bytes::from(std::mem::take(&mut self.body)),
-            ids: std::mem::take(&mut self.ids),
-        };
-        let completions = std::mem::take(&mut self.completions);
-        let slots = self.slots.clone();
-        let sink = self.sink.clone();
-        let stats = self.stats.clone();
-        let errors = self.errors.clone();
-        let index = self.index.clone();
-        ctx.wait(
-            async move { slots.acquire_owned().await.ok() }
-                .into_actor(self)
-                .map(move |permit, _act, ctx| {
-                    let fut = async move {
-                        let _permit = permit;
-                        let n = batch.ids.len() as u64;
-                        let bytes = batch.body.len() as u64;
-                        match sink.bulk(batch).await {
-                            Ok(outcome) => {
-                                stats.add_retries(outcome.retries as u64);
-                                stats.add_written(outcome.succeeded as u64, bytes);
-                                if !outcome.failures.is_empty() {
-                                    stats.add_failed(outcome.failures.len() as u64);
-                                    for f in &outcome.failures {
-                                        tracing::error!(
-                                            index = %index,
-                                            id = %f.id,
-                                            status = f.status,
-                                            reason = %f.reason,
-                                            "document rejected by the search engine"
-                                        );
-                                    }
-                                }
-                                let _ = n;
-                                drop(completions);
-                            }
-                            Err(e) => {
-                                for c in &completions {
-                                    c.fail();
-                                }
-                                let _ = errors.send(e.context(format!("bulk write to index {index}")));
-                            }
-                        }
-                    };
-                    ctx.spawn(fut.into_actor(_act));
-                }),
-        );
-    }
-
-    /// Waits until every request in flight has finished.
-    fn drain(&mut self, ctx: &mut Context<Self>) {
-        let slots = self.slots.clone();
-        let n = self.settings.in_flight.max(1) as u32;
-        ctx.wait(
-            async move {
-                let p = slots.acquire_many(n).await;
-                drop(p);
-            }
-            .into_actor(self),
-        );
     }
 }
 
@@ -144,14 +80,9 @@ impl Actor for Writer {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        if let Some(rx) = self.input.take() {
-            ctx.add_stream(ReceiverStream(rx));
+        if let Some(state) = self.state.take() {
+            ctx.spawn(state.run().into_actor(self).map(|_, _, ctx| ctx.stop()));
         }
-        ctx.run_interval(self.settings.linger, |act, ctx| {
-            if !act.ids.is_empty() {
-                act.flush(ctx);
-            }
-        });
     }
 
     fn stopped(&mut self, _ctx: &mut Context<Self>) {
@@ -161,52 +92,102 @@ impl Actor for Writer {
     }
 }
 
-impl StreamHandler<DocChunk> for Writer {
-    fn handle(&mut self, chunk: DocChunk, ctx: &mut Context<Self>) {
-        if chunk.barrier || chunk.delete_all {
-            self.flush(ctx);
-            self.drain(ctx);
-        }
-        if chunk.delete_all {
-            let sink = self.sink.clone();
-            let index = self.index.clone();
-            let errors = self.errors.clone();
-            let completion = chunk.completion.clone();
-            ctx.wait(
-                async move {
-                    if let Err(e) = sink.delete_all_documents(&index).await {
-                        if let Some(c) = &completion {
-                            c.fail();
-                        }
-                        let _ = errors.send(e);
+impl WriterLoop {
+    async fn run(mut self) {
+        let slots = Arc::new(Semaphore::new(self.settings.in_flight.max(1)));
+        let mut pending = Pending::default();
+        loop {
+            let next = if pending.ids.is_empty() {
+                self.input.recv().await
+            } else {
+                match tokio::time::timeout(self.settings.linger, self.input.recv()).await {
+                    Ok(x) => x,
+                    Err(_) => {
+                        self.flush(&mut pending, &slots).await;
+                        continue;
                     }
-                    drop(completion);
                 }
-                .into_actor(self),
-            );
-            return;
+            };
+            let Some(chunk) = next else { break };
+            if chunk.barrier || chunk.delete_all {
+                self.flush(&mut pending, &slots).await;
+                self.drain(&slots).await;
+            }
+            if chunk.delete_all {
+                if let Err(e) = self.sink.delete_all_documents(&self.index).await {
+                    if let Some(c) = &chunk.completion {
+                        c.fail();
+                    }
+                    let _ = self.errors.send(e);
+                }
+                continue;
+            }
+            pending.body.extend_from_slice(&chunk.body);
+            pending.ids.extend(chunk.ids);
+            if let Some(c) = chunk.completion {
+                pending.completions.push(c);
+            }
+            if pending.ids.len() >= self.settings.batch_docs || pending.body.len() >= self.settings.batch_bytes {
+                self.flush(&mut pending, &slots).await;
+            }
+            if chunk.barrier {
+                self.drain(&slots).await;
+            }
         }
-        let had_completion = chunk.completion.is_some();
-        self.body.extend_from_slice(&chunk.body);
-        self.ids.extend(chunk.ids);
-        if let Some(c) = chunk.completion {
-            self.completions.push(c);
-        }
-        if self.ids.len() >= self.settings.batch_docs
-            || self.body.len() >= self.settings.batch_bytes
-            || (had_completion && self.settings.linger.is_zero())
-        {
-            self.flush(ctx);
-        }
+        self.flush(&mut pending, &slots).await;
+        self.drain(&slots).await;
     }
 
-    fn finished(&mut self, ctx: &mut Context<Self>) {
-        self.flush(ctx);
-        self.drain(ctx);
-        ctx.wait(
-            async {}
-                .into_actor(self)
-                .map(|_, _act, ctx| ctx.stop()),
-        );
+    /// Waits until every request in flight has finished.
+    async fn drain(&self, slots: &Arc<Semaphore>) {
+        let n = self.settings.in_flight.max(1) as u32;
+        drop(slots.acquire_many(n).await);
+    }
+
+    /// Sends what is buffered as one bulk request once a request slot is free (waiting here is
+    /// what stops this writer pulling its input: the backpressure to the fetchers).
+    async fn flush(&self, pending: &mut Pending, slots: &Arc<Semaphore>) {
+        let p = std::mem::take(pending);
+        if p.ids.is_empty() {
+            return; // completions dropped: nothing of theirs left to write
+        }
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let batch = BulkBatch {
+            body: bytes::Bytes::from(p.body),
+            ids: p.ids,
+        };
+        let completions = p.completions;
+        let (sink, stats, errors, index) = (self.sink.clone(), self.stats.clone(), self.errors.clone(), self.index.clone());
+        tokio::spawn(async move {
+            let bytes = batch.body.len() as u64;
+            match sink.bulk(batch).await {
+                Ok(outcome) => {
+                    stats.add_retries(outcome.retries as u64);
+                    stats.add_written(outcome.succeeded as u64, bytes);
+                    if !outcome.failures.is_empty() {
+                        stats.add_failed(outcome.failures.len() as u64);
+                        for f in &outcome.failures {
+                            tracing::error!(
+                                index = %index,
+                                id = %f.id,
+                                status = f.status,
+                                reason = %f.reason,
+                                "document rejected by the search engine"
+                            );
+                        }
+                    }
+                }
+                Err(e) => {
+                    for c in &completions {
+                        c.fail();
+                    }
+                    let _ = errors.send(e.context(format!("bulk write to index {index}")));
+                }
+            }
+            drop(completions);
+            drop(permit);
+        });
     }
 }

@@ -154,6 +154,14 @@ impl Sink {
         }
     }
 
+    /// Deletes every document of `index` (root table truncated).
+    pub async fn delete_all_documents(&self, index: &str) -> Result<()> {
+        match self {
+            Sink::Search(s) => s.delete_all_documents(index).await,
+            Sink::Ndjson(_) | Sink::Discard => Ok(()),
+        }
+    }
+
     /// Deletes `index` (`pgsync --teardown`); a missing index is not an error.
     pub async fn delete_index(&self, index: &str) -> Result<()> {
         match self {

@@ -365,6 +365,28 @@ impl SearchSink {
         }
     }
 
+    /// `POST /{index}/_delete_by_query` matching everything (the root table was truncated);
+    /// a missing index is fine.
+    pub async fn delete_all_documents(&self, index: &str) -> Result<()> {
+        let path = index_path(index, "/_delete_by_query?refresh=true&conflicts=proceed")?;
+        let mut retries = 0;
+        let a = self
+            .request(
+                Method::Post,
+                &path,
+                Some("application/json"),
+                Some(Bytes::from_static(br#"{"query":{"match_all":{}}}"#)),
+                &mut retries,
+                self.inner.max_retries,
+            )
+            .await?;
+        if a.ok() || a.status == 404 {
+            Ok(())
+        } else {
+            Err(self.status_error("POST", &path, &a))
+        }
+    }
+
     /// `DELETE /{index}`; a missing index is fine.
     pub async fn delete_index(&self, index: &str) -> Result<()> {
         let path = index_path(index, "")?;

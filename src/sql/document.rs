@@ -393,7 +393,8 @@ impl Builder<'_> {
         let v = self.field_value(n, i, a);
         match &n.fields[i].source {
             FieldSource::Column { expr, info, .. } if expr.steps.is_empty() && info.category == 'B' => {
-                format!("CASE WHEN {v} THEN 'True' WHEN NOT {v} THEN 'False' END")
+                // PGSync drops falsy values from a concat: `false` disappears, `true` prints `True`.
+                format!("CASE WHEN {v} THEN 'True' END")
             }
             FieldSource::Column { expr, info, .. } if expr.steps.is_empty() && info.category == 'S' => v,
             FieldSource::Concat { .. } => v,
