@@ -10,10 +10,9 @@
 //!
 //! Run: `cargo bench --bench initial_sync -- 1000000` (default 100000 roots).
 
-#[path = "../tests/harness/mod.rs"]
-#[allow(dead_code, unused_imports)]
-mod harness;
 mod common;
+#[path = "../tests/harness/mod.rs"]
+mod harness;
 
 use pgsync_rs::config::Config;
 use pgsync_rs::schema::{mapping::index_body, parse, resolve};
@@ -29,8 +28,12 @@ fn pg_alone(cfg: &Config, schema: &Path, parallel: usize) -> (u64, f64) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let file = parse::parse_file(schema).expect("schema");
-        let client = pgsync_rs::config::connect(cfg, "bench").await.expect("connect");
-        let catalog = resolve::Catalog::load(&client, &resolve::schemas_of(&file)).await.unwrap();
+        let client = pgsync_rs::config::connect(cfg, "bench")
+            .await
+            .expect("connect");
+        let catalog = resolve::Catalog::load(&client, &resolve::schemas_of(&file))
+            .await
+            .unwrap();
         let plan = Arc::new(resolve::resolve(&file, &catalog).unwrap().remove(0));
         let row = client
             .query_one(
@@ -40,7 +43,11 @@ fn pg_alone(cfg: &Config, schema: &Path, parallel: usize) -> (u64, f64) {
             .await
             .unwrap();
         let pages: i64 = row.get(0);
-        let ranges = pgsync_rs::pipeline::planner::split('r', pages as u64, parallel * cfg.pipeline.ranges_per_fetcher);
+        let ranges = pgsync_rs::pipeline::planner::split(
+            'r',
+            pages as u64,
+            parallel * cfg.pipeline.ranges_per_fetcher,
+        );
         let queue = Arc::new(Mutex::new(ranges));
         let start = Instant::now();
         let mut tasks = vec![];
@@ -50,9 +57,14 @@ fn pg_alone(cfg: &Config, schema: &Path, parallel: usize) -> (u64, f64) {
                 let client = pgsync_rs::config::connect(&cfg, "bench").await.unwrap();
                 let mut n = 0u64;
                 loop {
-                    let Some(r): Option<RootFilter> = queue.lock().unwrap().pop() else { break };
+                    let Some(r): Option<RootFilter> = queue.lock().unwrap().pop() else {
+                        break;
+                    };
                     let sql = document_query(&plan, &r, false);
-                    let stream = client.query_raw(sql.as_str(), Vec::<String>::new()).await.unwrap();
+                    let stream = client
+                        .query_raw(sql.as_str(), Vec::<String>::new())
+                        .await
+                        .unwrap();
                     futures::pin_mut!(stream);
                     use futures::StreamExt;
                     while let Some(row) = stream.next().await {
@@ -73,7 +85,13 @@ fn pg_alone(cfg: &Config, schema: &Path, parallel: usize) -> (u64, f64) {
     })
 }
 
-fn search_alone(osmem: &harness::Osmem, ndjson: &Path, body: &serde_json::Value, batch_docs: usize, concurrency: usize) -> (u64, f64) {
+fn search_alone(
+    osmem: &harness::Osmem,
+    ndjson: &Path,
+    body: &serde_json::Value,
+    batch_docs: usize,
+    concurrency: usize,
+) -> (u64, f64) {
     let (s, _) = osmem.delete("/book");
     let _ = s;
     osmem.put_json("/book", body);
@@ -92,7 +110,9 @@ fn search_alone(osmem: &harness::Osmem, ndjson: &Path, body: &serde_json::Value,
                     {
                         let mut r = reader.lock().unwrap();
                         while docs < batch_docs {
-                            let (Some(Ok(a)), Some(Ok(d))) = (r.next(), r.next()) else { break };
+                            let (Some(Ok(a)), Some(Ok(d))) = (r.next(), r.next()) else {
+                                break;
+                            };
                             body.push_str(&a);
                             body.push('\n');
                             body.push_str(&d);
@@ -103,7 +123,14 @@ fn search_alone(osmem: &harness::Osmem, ndjson: &Path, body: &serde_json::Value,
                     if docs == 0 {
                         break;
                     }
-                    let (status, _) = harness::http_request(port, "POST", "/_bulk", "application/x-ndjson", body.as_bytes()).expect("bulk");
+                    let (status, _) = harness::http_request(
+                        port,
+                        "POST",
+                        "/_bulk",
+                        "application/x-ndjson",
+                        body.as_bytes(),
+                    )
+                    .expect("bulk");
                     assert_eq!(status, 200);
                     n += docs as u64;
                 }
@@ -123,7 +150,13 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(100_000);
     let env = common::setup(n, "");
-    let (pg, osmem, schema, config, dir) = (&env.pg, &env.osmem, env.schema.clone(), env.config.clone(), env.dir.path());
+    let (pg, osmem, schema, config, dir) = (
+        &env.pg,
+        &env.osmem,
+        env.schema.clone(),
+        env.config.clone(),
+        env.dir.path(),
+    );
     let _ = pg;
     let cfg = pgsync_rs::config::load(Some(&config)).unwrap();
 
@@ -131,30 +164,62 @@ fn main() {
     let ndjson = dir.join("out.ndjson");
     let ndjson_s = ndjson.display().to_string();
     let discard = run_pgsync(&config, &[("PGSYNC_OUTPUT__KIND", "discard")]);
-    let file = run_pgsync(&config, &[("PGSYNC_OUTPUT__KIND", "ndjson"), ("PGSYNC_OUTPUT__PATH", &ndjson_s)]);
+    let file = run_pgsync(
+        &config,
+        &[
+            ("PGSYNC_OUTPUT__KIND", "ndjson"),
+            ("PGSYNC_OUTPUT__PATH", &ndjson_s),
+        ],
+    );
     let plan_body = {
         let rt = tokio::runtime::Runtime::new().unwrap();
         rt.block_on(async {
             let file = parse::parse_file(&schema).unwrap();
             let client = pgsync_rs::config::connect(&cfg, "bench").await.unwrap();
-            let catalog = resolve::Catalog::load(&client, &resolve::schemas_of(&file)).await.unwrap();
+            let catalog = resolve::Catalog::load(&client, &resolve::schemas_of(&file))
+                .await
+                .unwrap();
             index_body(&resolve::resolve(&file, &catalog).unwrap()[0])
         })
     };
     let conc = cfg.pipeline.writers * cfg.pipeline.requests_in_flight;
-    let (se_docs, se_secs) = search_alone(osmem, &ndjson, &plan_body, cfg.pipeline.batch_docs, conc);
+    let (se_docs, se_secs) =
+        search_alone(osmem, &ndjson, &plan_body, cfg.pipeline.batch_docs, conc);
     let e2e = run_pgsync(&config, &[]);
 
     let rate = |d: u64, s: f64| d as f64 / s.max(1e-9);
     let pg_rate = rate(pg_docs, pg_secs);
     let se_rate = rate(se_docs, se_secs);
     let slower = pg_rate.min(se_rate);
-    println!("initial sync benchmark, {n} roots, fetchers={} writers={} in_flight={}", cfg.pipeline.fetchers, cfg.pipeline.writers, cfg.pipeline.requests_in_flight);
-    println!("{:<34} {:>10} {:>9} {:>12} {:>10}", "measure", "docs", "secs", "docs/s", "peak MB");
-    println!("{:<34} {:>10} {:>9.2} {:>12.0} {:>10}", "postgres alone (statement)", pg_docs, pg_secs, pg_rate, "-");
-    println!("{:<34} {:>10} {:>9.2} {:>12.0} {:>10}", "search server alone (bulk bodies)", se_docs, se_secs, se_rate, "-");
-    for (name, r) in [("pgsync, discarding sink", &discard), ("pgsync, NDJSON file sink", &file), ("pgsync, end to end", &e2e)] {
-        println!("{:<34} {:>10} {:>9.2} {:>12.0} {:>10.1}", name, r.docs, r.secs, rate(r.docs, r.secs), r.peak_rss_mb);
+    println!(
+        "initial sync benchmark, {n} roots, fetchers={} writers={} in_flight={}",
+        cfg.pipeline.fetchers, cfg.pipeline.writers, cfg.pipeline.requests_in_flight
+    );
+    println!(
+        "{:<34} {:>10} {:>9} {:>12} {:>10}",
+        "measure", "docs", "secs", "docs/s", "peak MB"
+    );
+    println!(
+        "{:<34} {:>10} {:>9.2} {:>12.0} {:>10}",
+        "postgres alone (statement)", pg_docs, pg_secs, pg_rate, "-"
+    );
+    println!(
+        "{:<34} {:>10} {:>9.2} {:>12.0} {:>10}",
+        "search server alone (bulk bodies)", se_docs, se_secs, se_rate, "-"
+    );
+    for (name, r) in [
+        ("pgsync, discarding sink", &discard),
+        ("pgsync, NDJSON file sink", &file),
+        ("pgsync, end to end", &e2e),
+    ] {
+        println!(
+            "{:<34} {:>10} {:>9.2} {:>12.0} {:>10.1}",
+            name,
+            r.docs,
+            r.secs,
+            rate(r.docs, r.secs),
+            r.peak_rss_mb
+        );
     }
     println!(
         "end to end / slower limit: {:.0}%   discarding / postgres alone: {:.0}%",

@@ -9,16 +9,18 @@
 //!
 //! Run: `cargo bench --bench streaming -- 100000 50000` (roots, burst changes).
 
-#[path = "../tests/harness/mod.rs"]
-#[allow(dead_code, unused_imports)]
-mod harness;
 mod common;
+#[path = "../tests/harness/mod.rs"]
+mod harness;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn main() {
-    let args: Vec<u64> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let args: Vec<u64> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
     let n = args.first().copied().unwrap_or(100_000);
     let burst = args.get(1).copied().unwrap_or(50_000);
     let env = common::setup(n, "");
@@ -34,9 +36,16 @@ fn main() {
         .spawn()
         .expect("start pgsync");
     let t = Instant::now();
-    harness::wait_until_blocking(Duration::from_secs(1800), "the daemon streams from its slot", || {
-        pg.psql("bench", "SELECT count(*) FROM pg_replication_slots WHERE active") == "1"
-    });
+    harness::wait_until_blocking(
+        Duration::from_secs(1800),
+        "the daemon streams from its slot",
+        || {
+            pg.psql(
+                "bench",
+                "SELECT count(*) FROM pg_replication_slots WHERE active",
+            ) == "1"
+        },
+    );
     eprintln!("initial sync + start: {:.1}s", t.elapsed().as_secs_f64());
 
     // Latency: single-row changes 200 ms apart.
@@ -46,7 +55,10 @@ fn main() {
         let id = 1 + (i * 7919) % n;
         let marker = format!("lat-{i}-{}", Instant::now().elapsed().as_nanos());
         let t0 = Instant::now();
-        psql_fast(client_port, &format!("UPDATE book SET title = '{marker}' WHERE id = {id}"));
+        psql_fast(
+            client_port,
+            &format!("UPDATE book SET title = '{marker}' WHERE id = {id}"),
+        );
         let committed = Instant::now();
         loop {
             if let Some(doc) = osmem.doc("book", &id.to_string()) {
@@ -83,7 +95,9 @@ fn main() {
         }
     }
     let last_marker = format!("burst-end-{burst}");
-    sql.push_str(&format!("UPDATE book SET title = '{last_marker}' WHERE id = 1;\n"));
+    sql.push_str(&format!(
+        "UPDATE book SET title = '{last_marker}' WHERE id = 1;\n"
+    ));
     // Documents the burst implies: roots touched per change (an author rename touches every book
     // of that author).
     let implied: u64 = pg
@@ -101,16 +115,33 @@ fn main() {
     std::fs::write(&file, sql).unwrap();
     let start = Instant::now();
     let out = Command::new(harness::pg_bin_dir().join("psql"))
-        .args(["-X", "-q", "-h", "127.0.0.1", "-U", "postgres", "-d", "bench", "-p"])
+        .args([
+            "-X",
+            "-q",
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-d",
+            "bench",
+            "-p",
+        ])
         .arg(pg.port().to_string())
         .arg("-f")
         .arg(&file)
         .output()
         .expect("psql");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let applied = start.elapsed().as_secs_f64();
     harness::wait_until_blocking(Duration::from_secs(1800), "the burst is reflected", || {
-        osmem.doc("book", "1").map(|d| d.to_string().contains(&last_marker)).unwrap_or(false)
+        osmem
+            .doc("book", "1")
+            .map(|d| d.to_string().contains(&last_marker))
+            .unwrap_or(false)
     });
     let drained = start.elapsed().as_secs_f64();
 
@@ -120,19 +151,31 @@ fn main() {
     let mut body = String::new();
     let batch = 1000usize;
     for i in 0..batch {
-        body.push_str(&format!("{{\"index\":{{\"_index\":\"book_probe\",\"_id\":\"{i}\"}}}}\n{source}\n"));
+        body.push_str(&format!(
+            "{{\"index\":{{\"_index\":\"book_probe\",\"_id\":\"{i}\"}}}}\n{source}\n"
+        ));
     }
     let probe_docs = implied.clamp(10_000, 100_000);
     let t = Instant::now();
     let mut sent = 0u64;
     while sent < probe_docs {
-        let (status, _) = harness::http_request(osmem.port(), "POST", "/_bulk", "application/x-ndjson", body.as_bytes()).unwrap();
+        let (status, _) = harness::http_request(
+            osmem.port(),
+            "POST",
+            "/_bulk",
+            "application/x-ndjson",
+            body.as_bytes(),
+        )
+        .unwrap();
         assert_eq!(status, 200);
         sent += batch as u64;
     }
     let se_rate = sent as f64 / t.elapsed().as_secs_f64();
 
-    let _ = Command::new("kill").arg("-TERM").arg(daemon.id().to_string()).status();
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(daemon.id().to_string())
+        .status();
     let status = daemon.wait().unwrap();
 
     println!("streaming benchmark, {n} roots");
@@ -153,11 +196,25 @@ fn main() {
 
 fn psql_fast(port: u16, sql: &str) {
     let out = Command::new(harness::pg_bin_dir().join("psql"))
-        .args(["-X", "-q", "-h", "127.0.0.1", "-U", "postgres", "-d", "bench", "-p"])
+        .args([
+            "-X",
+            "-q",
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-d",
+            "bench",
+            "-p",
+        ])
         .arg(port.to_string())
         .arg("-c")
         .arg(sql)
         .output()
         .expect("psql");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -119,7 +119,10 @@ fn run_phase(phase: Phase) {
         .collect();
     dirs.sort();
     if dirs.is_empty() {
-        eprintln!("conformance suite: no fixture in {} (filter {only:?})", root.display());
+        eprintln!(
+            "conformance suite: no fixture in {} (filter {only:?})",
+            root.display()
+        );
         return;
     }
 
@@ -133,7 +136,11 @@ fn run_phase(phase: Phase) {
             "[conformance {phase:?}] {} {name} ({:.1}s){}",
             if outcome.passed { "PASS" } else { "FAIL" },
             started.elapsed().as_secs_f64(),
-            outcome.lines.iter().map(|l| format!("\n    {l}")).collect::<String>()
+            outcome
+                .lines
+                .iter()
+                .map(|l| format!("\n    {l}"))
+                .collect::<String>()
         );
         results.push((name, outcome));
     }
@@ -157,18 +164,30 @@ fn run_phase(phase: Phase) {
         }
     }
 
-    let passed: Vec<&str> = results.iter().filter(|(_, o)| o.passed).map(|(n, _)| n.as_str()).collect();
+    let passed: Vec<&str> = results
+        .iter()
+        .filter(|(_, o)| o.passed)
+        .map(|(n, _)| n.as_str())
+        .collect();
     let failed: Vec<&(String, Outcome)> = results.iter().filter(|(_, o)| !o.passed).collect();
     let mut summary = format!(
         "conformance, {}: {} of {} fixture(s) pass\n  passed: {}\n  failed: {}\n",
         phase.title(),
         passed.len(),
         results.len(),
-        if passed.is_empty() { "-".to_string() } else { passed.join(", ") },
+        if passed.is_empty() {
+            "-".to_string()
+        } else {
+            passed.join(", ")
+        },
         if failed.is_empty() {
             "-".to_string()
         } else {
-            failed.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ")
+            failed
+                .iter()
+                .map(|(n, _)| n.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         },
     );
     for (name, o) in &failed {
@@ -200,7 +219,13 @@ struct Fixture {
 impl Fixture {
     fn load(dir: &Path) -> Result<Fixture, String> {
         let name = file_name(dir);
-        for f in ["schema.json", "setup.sql", "initial.json", "mutations.sql", "resync.json"] {
+        for f in [
+            "schema.json",
+            "setup.sql",
+            "initial.json",
+            "mutations.sql",
+            "resync.json",
+        ] {
             if !dir.join(f).is_file() {
                 return Err(format!("fixture has no {f}"));
             }
@@ -219,7 +244,12 @@ impl Fixture {
                 dbs.len()
             ));
         }
-        Ok(Fixture { name, dir: dir.to_path_buf(), database: dbs.into_iter().next().unwrap(), schema })
+        Ok(Fixture {
+            name,
+            dir: dir.to_path_buf(),
+            database: dbs.into_iter().next().unwrap(),
+            schema,
+        })
     }
 
     fn dump(&self, file: &str) -> Result<Dump, String> {
@@ -237,7 +267,11 @@ impl Fixture {
 }
 
 fn run_fixture(pg: &Postgres, dir: &Path, phase: Phase) -> Outcome {
-    let mut out = Outcome { passed: false, lines: vec![], used: BTreeSet::new() };
+    let mut out = Outcome {
+        passed: false,
+        lines: vec![],
+        used: BTreeSet::new(),
+    };
     let fx = match Fixture::load(dir) {
         Ok(f) => f,
         Err(e) => {
@@ -252,10 +286,13 @@ fn run_fixture(pg: &Postgres, dir: &Path, phase: Phase) -> Outcome {
     match result {
         Ok(Ok(())) => {}
         Ok(Err(e)) => out.lines.insert(0, format!("error: {e}")),
-        Err(panic) => out.lines.insert(0, format!("panicked: {}", panic_text(&panic))),
+        Err(panic) => out
+            .lines
+            .insert(0, format!("panicked: {}", panic_text(&panic))),
     }
     if let Err(p) = catch_unwind(AssertUnwindSafe(|| drop_database(pg, &fx.database))) {
-        out.lines.push(format!("cleanup failed: {}", panic_text(&p)));
+        out.lines
+            .push(format!("cleanup failed: {}", panic_text(&p)));
     }
     out
 }
@@ -278,14 +315,18 @@ fn record(fx: &Fixture, diffs: Vec<Diff>, out: &mut Outcome) -> bool {
     if n > 0 {
         out.lines.push(format!("{n} difference(s) from PGSync:"));
     }
-    out.lines.extend(bad.into_iter().take(MAX).map(|l| format!("  {l}")));
+    out.lines
+        .extend(bad.into_iter().take(MAX).map(|l| format!("  {l}")));
     if n > MAX {
         out.lines.push(format!("  … and {} more", n - MAX));
     }
     let n_allowed = allowed.len();
     out.lines.extend(allowed.into_iter().take(20));
     if n_allowed > 20 {
-        out.lines.push(format!("… and {} more allowed difference(s)", n_allowed - 20));
+        out.lines.push(format!(
+            "… and {} more allowed difference(s)",
+            n_allowed - 20
+        ));
     }
     n == 0
 }
@@ -312,7 +353,10 @@ fn compare_all(fx: &Fixture, expected: &Dump, os: &Osmem) -> Vec<Diff> {
             None => diffs.push(Diff {
                 id: None,
                 path: String::new(),
-                what: format!("index {index} does not exist ({} document(s) expected)", docs.len()),
+                what: format!(
+                    "index {index} does not exist ({} document(s) expected)",
+                    docs.len()
+                ),
             }),
             Some(actual) => diffs.extend(compare_index(docs, &actual, &rules)),
         }
@@ -340,21 +384,19 @@ fn streaming_phase(pg: &Postgres, fx: &Fixture, out: &mut Outcome) -> Result<(),
     if let Ok(after) = fx.dump("after.json") {
         let differs = after.iter().any(|(index, docs)| {
             let rules = ArrayRules::from_schema(&fx.schema, index);
-            expected
-                .get(index)
-                .is_none_or(|e| {
-                    let as_actual = docs
-                        .iter()
-                        .map(|(id, d)| {
-                            let mut s = d.source.clone();
-                            if let (Some(o), Some(m)) = (s.as_object_mut(), &d.meta) {
-                                o.insert("_meta".into(), m.clone());
-                            }
-                            (id.clone(), s)
-                        })
-                        .collect();
-                    !compare_index(e, &as_actual, &rules).is_empty()
-                })
+            expected.get(index).is_none_or(|e| {
+                let as_actual = docs
+                    .iter()
+                    .map(|(id, d)| {
+                        let mut s = d.source.clone();
+                        if let (Some(o), Some(m)) = (s.as_object_mut(), &d.meta) {
+                            o.insert("_meta".into(), m.clone());
+                        }
+                        (id.clone(), s)
+                    })
+                    .collect();
+                !compare_index(e, &as_actual, &rules).is_empty()
+            })
         });
         if differs {
             out.lines.push(
@@ -413,7 +455,9 @@ fn streaming_phase(pg: &Postgres, fx: &Fixture, out: &mut Outcome) -> Result<(),
         }
     };
     if !converged {
-        out.lines.push(format!("index did not converge to resync.json within {t:?}; last differences:"));
+        out.lines.push(format!(
+            "index did not converge to resync.json within {t:?}; last differences:"
+        ));
         record(fx, last, out);
         out.lines.push(daemon.log_tail());
         return Ok(());
@@ -421,7 +465,10 @@ fn streaming_phase(pg: &Postgres, fx: &Fixture, out: &mut Outcome) -> Result<(),
 
     let status = daemon.terminate(Duration::from_secs(30))?;
     if !status.success() {
-        out.lines.push(format!("daemon exited with {status} after SIGTERM (expected 0)\n{}", daemon.log_tail()));
+        out.lines.push(format!(
+            "daemon exited with {status} after SIGTERM (expected 0)\n{}",
+            daemon.log_tail()
+        ));
     }
     // Whatever the daemon wrote while draining must not undo the result.
     let ok = record(fx, compare_all(fx, &expected, &os), out);
@@ -473,7 +520,10 @@ fn drop_database(pg: &Postgres, db: &str) {
         if left.lines().last() == Some("0") {
             break;
         }
-        assert!(Instant::now() < deadline, "replication slots on {db} could not be dropped");
+        assert!(
+            Instant::now() < deadline,
+            "replication slots on {db} could not be dropped"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     pg.drop_database(db);
@@ -518,10 +568,17 @@ fn apply_mutations(pg: &Postgres, fx: &Fixture) -> Result<(Vec<String>, usize), 
         let output = child.wait_with_output().map_err(|e| format!("psql: {e}"))?;
         let stderr = String::from_utf8_lossy(&output.stderr);
         if !output.status.success() {
-            return Err(format!("psql could not run a mutation ({}): {stderr}\nSQL:\n{sql}", output.status));
+            return Err(format!(
+                "psql could not run a mutation ({}): {stderr}\nSQL:\n{sql}",
+                output.status
+            ));
         }
         for line in stderr.lines().filter(|l| l.contains("ERROR:")) {
-            failed.push(format!("{} -- in: {}", line.trim(), sql.trim().replace('\n', " ")));
+            failed.push(format!(
+                "{} -- in: {}",
+                line.trim(),
+                sql.trim().replace('\n', " ")
+            ));
         }
     }
     Ok((failed, txs.len()))
@@ -534,7 +591,13 @@ fn toml_str(s: &str) -> String {
     serde_json::to_string(s).unwrap() // a JSON string is a valid TOML basic string
 }
 
-fn write_config(work: &Path, pg: &Postgres, os: &Osmem, fx: &Fixture, phase: Phase) -> Result<PathBuf, String> {
+fn write_config(
+    work: &Path,
+    pg: &Postgres,
+    os: &Osmem,
+    fx: &Fixture,
+    phase: Phase,
+) -> Result<PathBuf, String> {
     let schema = fx.dir.join("schema.json");
     let schema = schema.canonicalize().unwrap_or(schema);
     let text = format!(
@@ -573,7 +636,11 @@ fn log_tail(log: &Path) -> String {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     let from = lines.len().saturating_sub(40);
-    format!("--- last lines of {} ---\n{}", log.display(), lines[from..].join("\n"))
+    format!(
+        "--- last lines of {} ---\n{}",
+        log.display(),
+        lines[from..].join("\n")
+    )
 }
 
 /// `pgsync run --once`: must exit 0.
@@ -586,12 +653,18 @@ fn run_once(config: &Path, log: &Path) -> Result<(), String> {
             if status.success() {
                 return Ok(());
             }
-            return Err(format!("pgsync run --once exited with {status}\n{}", log_tail(log)));
+            return Err(format!(
+                "pgsync run --once exited with {status}\n{}",
+                log_tail(log)
+            ));
         }
         if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            return Err(format!("pgsync run --once did not finish within {t:?}\n{}", log_tail(log)));
+            return Err(format!(
+                "pgsync run --once did not finish within {t:?}\n{}",
+                log_tail(log)
+            ));
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -622,7 +695,11 @@ impl Daemon {
                 let stdin = w.stdin.take().unwrap();
                 (w, stdin)
             });
-        Ok(Daemon { child, watchdog, log: log.to_path_buf() })
+        Ok(Daemon {
+            child,
+            watchdog,
+            log: log.to_path_buf(),
+        })
     }
 
     fn log_tail(&self) -> String {
@@ -632,7 +709,10 @@ impl Daemon {
     fn check_alive(&mut self) -> Result<(), String> {
         match self.child.try_wait() {
             Ok(None) => Ok(()),
-            Ok(Some(s)) => Err(format!("the daemon exited early with {s}\n{}", self.log_tail())),
+            Ok(Some(s)) => Err(format!(
+                "the daemon exited early with {s}\n{}",
+                self.log_tail()
+            )),
             Err(e) => Err(e.to_string()),
         }
     }
@@ -640,7 +720,10 @@ impl Daemon {
     /// SIGTERM, then wait up to `grace` for the exit.
     fn terminate(&mut self, grace: Duration) -> Result<ExitStatus, String> {
         if let Some(s) = self.child.try_wait().map_err(|e| e.to_string())? {
-            return Err(format!("the daemon had already exited with {s}\n{}", self.log_tail()));
+            return Err(format!(
+                "the daemon had already exited with {s}\n{}",
+                self.log_tail()
+            ));
         }
         let _ = Command::new("kill")
             .args(["-s", "TERM", &self.child.id().to_string()])
@@ -651,7 +734,10 @@ impl Daemon {
                 return Ok(s);
             }
             if Instant::now() > deadline {
-                return Err(format!("the daemon did not exit within {grace:?} of SIGTERM\n{}", self.log_tail()));
+                return Err(format!(
+                    "the daemon did not exit within {grace:?} of SIGTERM\n{}",
+                    self.log_tail()
+                ));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -703,7 +789,9 @@ fn read(p: &Path) -> Result<String, String> {
 }
 
 fn file_name(p: &Path) -> String {
-    p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {

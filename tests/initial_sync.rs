@@ -51,9 +51,15 @@ fn initial_sync_writes_exactly_the_expected_documents() {
 #[test]
 fn numeric_values_keep_their_scale_in_the_stored_source() {
     let lib = library("numeric_scale");
-    lib.work.pgsync(&["run", "--once"]).assert_code(0, "pgsync run --once");
+    lib.work
+        .pgsync(&["run", "--once"])
+        .assert_code(0, "pgsync run --once");
     // osmem stores `_source` as sent (compacted), so the raw reply shows the number's text.
-    for (id, text) in [("1", "\"price\":12.50"), ("2", "\"price\":9.99"), ("3", "\"price\":15.00")] {
+    for (id, text) in [
+        ("1", "\"price\":12.50"),
+        ("2", "\"price\":9.99"),
+        ("3", "\"price\":15.00"),
+    ] {
         let (status, body) = http_request(
             lib.os.port(),
             "GET",
@@ -64,31 +70,43 @@ fn numeric_values_keep_their_scale_in_the_stored_source() {
         .expect("GET document");
         let body = String::from_utf8_lossy(&body);
         assert_eq!(status, 200, "{body}");
-        assert!(body.contains(text), "book {id} should contain {text}: {body}");
+        assert!(
+            body.contains(text),
+            "book {id} should contain {text}: {body}"
+        );
     }
 }
 
 #[test]
 fn transform_and_document_mappings_are_applied_to_the_created_index() {
     let lib = library("mappings");
-    lib.work.pgsync(&["run", "--once"]).assert_code(0, "pgsync run --once");
+    lib.work
+        .pgsync(&["run", "--once"])
+        .assert_code(0, "pgsync run --once");
     let mapping = lib.os.get_json("/book/_mapping");
     let props = &mapping["book"]["mappings"]["properties"];
     assert_eq!(props["isbn"]["type"], "keyword", "{mapping}");
     assert_eq!(props["book_title"]["type"], "text", "{mapping}");
     assert_eq!(props["authors"]["type"], "nested", "{mapping}");
-    assert_eq!(props["reviews"]["properties"]["text"]["type"], "text", "{mapping}");
+    assert_eq!(
+        props["reviews"]["properties"]["text"]["type"], "text",
+        "{mapping}"
+    );
 }
 
 #[test]
 fn a_second_run_leaves_the_same_documents_and_count() {
     let lib = library("idempotent");
-    lib.work.pgsync(&["run", "--once"]).assert_code(0, "first run");
+    lib.work
+        .pgsync(&["run", "--once"])
+        .assert_code(0, "first run");
     let first: BTreeMap<_, _> = ["book", "edition"]
         .map(|i| (i, lib.os.all_docs(i)))
         .into_iter()
         .collect();
-    lib.work.pgsync(&["run", "--once"]).assert_code(0, "second run");
+    lib.work
+        .pgsync(&["run", "--once"])
+        .assert_code(0, "second run");
     lib.assert_all_expected();
     for (index, docs) in first {
         assert_documents(index, &lib.os.all_docs(index), &docs);
@@ -100,11 +118,17 @@ fn a_second_run_leaves_the_same_documents_and_count() {
 #[test]
 fn recreate_replaces_the_index_so_stray_documents_are_gone() {
     let lib = library("recreate");
-    lib.work.pgsync(&["run", "--once"]).assert_code(0, "first run");
-    lib.os
-        .put_json("/book/_doc/stray", &serde_json::json!({"book_title": "not in PostgreSQL"}));
-    lib.os
-        .put_json("/edition/_doc/9%7C9", &serde_json::json!({"format": "stray"}));
+    lib.work
+        .pgsync(&["run", "--once"])
+        .assert_code(0, "first run");
+    lib.os.put_json(
+        "/book/_doc/stray",
+        &serde_json::json!({"book_title": "not in PostgreSQL"}),
+    );
+    lib.os.put_json(
+        "/edition/_doc/9%7C9",
+        &serde_json::json!({"format": "stray"}),
+    );
     assert_eq!(lib.os.count("book"), 5);
     let run = lib.work.pgsync(&["run", "--once", "--recreate"]);
     run.assert_code(0, "pgsync run --once --recreate");
@@ -113,7 +137,10 @@ fn recreate_replaces_the_index_so_stray_documents_are_gone() {
     assert_eq!(lib.os.count("edition"), 5);
     // The recreated index got the schema's mapping again.
     let mapping = lib.os.get_json("/book/_mapping");
-    assert_eq!(mapping["book"]["mappings"]["properties"]["isbn"]["type"], "keyword");
+    assert_eq!(
+        mapping["book"]["mappings"]["properties"]["isbn"]["type"],
+        "keyword"
+    );
 }
 
 #[test]
@@ -149,7 +176,10 @@ fn a_document_the_engine_rejects_fails_the_run_naming_its_id_and_reason() {
     );
     for id in ["1|1", "2|1", "3|1", "3|2"] {
         let line = run.stderr.lines().find(|l| l.contains(id));
-        assert!(line.is_none(), "{id} was not rejected, yet stderr names it: {line:?}");
+        assert!(
+            line.is_none(),
+            "{id} was not rejected, yet stderr names it: {line:?}"
+        );
     }
     // Everything else was written.
     let mut expected = expected_documents();
@@ -194,11 +224,16 @@ fn an_unreachable_postgres_url_is_reported_with_its_password_masked() {
     let os = Osmem::start();
     let port = free_port();
     let password = "url-Secret-2718";
-    let work = Workdir::new(&PgsyncConfig::new(5432, os.url()), &library_schema("nowhere"));
+    let work = Workdir::new(
+        &PgsyncConfig::new(5432, os.url()),
+        &library_schema("nowhere"),
+    );
     // Swap host/port for a URL carrying the password.
     let toml = std::fs::read_to_string(&work.config).unwrap().replace(
         "[postgres]\n",
-        &format!("[postgres]\nurl = \"postgres://postgres:{password}@127.0.0.1:{port}/postgres\"\n"),
+        &format!(
+            "[postgres]\nurl = \"postgres://postgres:{password}@127.0.0.1:{port}/postgres\"\n"
+        ),
     );
     std::fs::write(&work.config, toml).unwrap();
     let run = work.pgsync(&["run", "--once"]);

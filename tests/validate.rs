@@ -86,7 +86,11 @@ fn the_library_fixture_validates_with_exit_code_zero() {
     let db = database();
     let (_work, out) = validate(&library_schema(db));
     out.assert_code(0, "pgsync validate of the library fixture");
-    let ok: Vec<&str> = out.stdout.lines().filter(|l| l.starts_with("ok: ")).collect();
+    let ok: Vec<&str> = out
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("ok: "))
+        .collect();
     assert_eq!(
         ok,
         [
@@ -219,7 +223,10 @@ fn a_through_table_that_does_not_join_both_tables_is_reported() {
 #[test]
 fn a_json_operator_on_a_column_that_is_not_json_is_reported() {
     assert_problems(
-        &book_with(r#""columns": ["id", "title->>x", "tags->0", "doc->>name"]"#, ""),
+        &book_with(
+            r#""columns": ["id", "title->>x", "tags->0", "doc->>name"]"#,
+            "",
+        ),
         &[
             r#"[0].nodes.columns[1]: found "title->>x": JSON operator on column "title" of type text; expected JSON operators only on json or jsonb columns"#,
             r#"[0].nodes.columns[2]: found "tags->0": JSON operator on column "tags" of type text[]; expected JSON operators only on json or jsonb columns"#,
@@ -296,9 +303,7 @@ fn a_routing_field_that_is_not_in_the_root_document_is_reported() {
     assert_problems(
         r#"[{"database": "DB", "index": "x", "routing": "publisher_id",
              "nodes": {"table": "book", "columns": ["id", "title"]}}]"#,
-        &[
-            r#"[0].routing: found "publisher_id"; expected a field of the root document: id, title"#,
-        ],
+        &[r#"[0].routing: found "publisher_id"; expected a field of the root document: id, title"#],
     );
 }
 

@@ -103,7 +103,6 @@ pub fn run_pgsync(config: &Path, env: &[(&str, &str)]) -> Run {
     }
 }
 
-
 /// Throwaway services with the generated data set loaded and a config pointing at them.
 pub struct BenchEnv {
     /// Temp dir holding schema, config, state.
@@ -141,7 +140,13 @@ pub fn setup(n: u64, extra_config: &str) -> BenchEnv {
         dir.path().join("state").display()
     )
     .unwrap();
-    BenchEnv { dir, pg, osmem, schema, config }
+    BenchEnv {
+        dir,
+        pg,
+        osmem,
+        schema,
+        config,
+    }
 }
 
 /// p-th percentile (0..=100) of sorted values.

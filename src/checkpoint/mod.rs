@@ -36,7 +36,13 @@ pub struct Checkpointer {
 
 impl Checkpointer {
     /// A checkpointer for `key` starting at `start`; the stored frontier is published on `published`.
-    pub fn new(key: String, store: Store, start: u64, input: mpsc::UnboundedReceiver<Event>, published: watch::Sender<u64>) -> Self {
+    pub fn new(
+        key: String,
+        store: Store,
+        start: u64,
+        input: mpsc::UnboundedReceiver<Event>,
+        published: watch::Sender<u64>,
+    ) -> Self {
         Checkpointer {
             key,
             store,
@@ -95,7 +101,9 @@ impl Actor for Checkpointer {
         if let Some(rx) = self.input.take() {
             ctx.add_stream(UnboundedStream(rx));
         }
-        ctx.run_interval(std::time::Duration::from_millis(500), |act, ctx| act.save(ctx));
+        ctx.run_interval(std::time::Duration::from_millis(500), |act, ctx| {
+            act.save(ctx)
+        });
     }
 }
 
@@ -128,7 +136,10 @@ struct UnboundedStream<T>(mpsc::UnboundedReceiver<T>);
 
 impl<T> futures::Stream for UnboundedStream<T> {
     type Item = T;
-    fn poll_next(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<T>> {
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<T>> {
         self.0.poll_recv(cx)
     }
 }

@@ -41,13 +41,18 @@ impl Store {
         match cfg.store {
             CheckpointStore::File => {
                 std::fs::create_dir_all(&cfg.dir).map_err(|e| {
-                    Error::new(ErrorKind::Checkpoint, format!("checkpoint.dir {}: {e}", cfg.dir.display()))
+                    Error::new(
+                        ErrorKind::Checkpoint,
+                        format!("checkpoint.dir {}: {e}", cfg.dir.display()),
+                    )
                 })?;
                 Ok(Store::File(cfg.dir.clone()))
             }
             CheckpointStore::Redis => {
                 let url = cfg.redis_url.as_ref().ok_or_else(|| {
-                    Error::config("checkpoint.store = \"redis\" needs checkpoint.redis_url (or REDIS_URL)")
+                    Error::config(
+                        "checkpoint.store = \"redis\" needs checkpoint.redis_url (or REDIS_URL)",
+                    )
                 })?;
                 let config = fred::types::config::Config::from_url(url.expose())
                     .map_err(|e| Error::config(format!("checkpoint.redis_url: {e}")))?;
@@ -55,8 +60,13 @@ impl Store {
                     .build()
                     .map_err(|e| Error::config(format!("checkpoint.redis_url: {e}")))?;
                 client.init().await.map_err(|e| {
-                    Error::new(ErrorKind::Checkpoint, format!("cannot connect to Redis for checkpoints: {e}"))
-                        .with_hint("check checkpoint.redis_url (or REDIS_URL) and that Redis/Valkey is up")
+                    Error::new(
+                        ErrorKind::Checkpoint,
+                        format!("cannot connect to Redis for checkpoints: {e}"),
+                    )
+                    .with_hint(
+                        "check checkpoint.redis_url (or REDIS_URL) and that Redis/Valkey is up",
+                    )
                 })?;
                 Ok(Store::Redis(client))
             }
@@ -73,16 +83,30 @@ impl Store {
             Store::File(dir) => match tokio::fs::read_to_string(Self::file(dir, key)).await {
                 Ok(t) => Some(t),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-                Err(e) => return Err(Error::new(ErrorKind::Checkpoint, format!("checkpoint {key}: {e}"))),
+                Err(e) => {
+                    return Err(Error::new(
+                        ErrorKind::Checkpoint,
+                        format!("checkpoint {key}: {e}"),
+                    ))
+                }
             },
             Store::Redis(c) => c
                 .get::<Option<String>, _>(format!("pgsync:checkpoint:{key}"))
                 .await
-                .map_err(|e| Error::new(ErrorKind::Checkpoint, format!("checkpoint {key} in Redis: {e}")))?,
+                .map_err(|e| {
+                    Error::new(
+                        ErrorKind::Checkpoint,
+                        format!("checkpoint {key} in Redis: {e}"),
+                    )
+                })?,
         };
         text.map(|t| {
-            serde_json::from_str(&t)
-                .map_err(|e| Error::new(ErrorKind::Checkpoint, format!("checkpoint {key} is corrupt: {e}")))
+            serde_json::from_str(&t).map_err(|e| {
+                Error::new(
+                    ErrorKind::Checkpoint,
+                    format!("checkpoint {key} is corrupt: {e}"),
+                )
+            })
         })
         .transpose()
     }
@@ -101,7 +125,12 @@ impl Store {
             Store::Redis(c) => c
                 .set::<(), _, _>(format!("pgsync:checkpoint:{key}"), text, None, None, false)
                 .await
-                .map_err(|e| Error::new(ErrorKind::Checkpoint, format!("checkpoint {key} in Redis: {e}"))),
+                .map_err(|e| {
+                    Error::new(
+                        ErrorKind::Checkpoint,
+                        format!("checkpoint {key} in Redis: {e}"),
+                    )
+                }),
         }
     }
 
@@ -115,7 +144,12 @@ impl Store {
             Store::Redis(c) => c
                 .del::<(), _>(format!("pgsync:checkpoint:{key}"))
                 .await
-                .map_err(|e| Error::new(ErrorKind::Checkpoint, format!("checkpoint {key} in Redis: {e}"))),
+                .map_err(|e| {
+                    Error::new(
+                        ErrorKind::Checkpoint,
+                        format!("checkpoint {key} in Redis: {e}"),
+                    )
+                }),
         }
     }
 }

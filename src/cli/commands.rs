@@ -12,8 +12,14 @@ use std::sync::Arc;
 pub async fn dispatch(cmd: Command, cfg: Config) -> Result<i32> {
     match cmd {
         Command::Validate => validate(&cfg).await,
-        Command::Run { once: true, recreate } => run_once(&cfg, recreate).await,
-        Command::Run { once: false, recreate } => crate::pipeline::daemon::run(&cfg, recreate).await,
+        Command::Run {
+            once: true,
+            recreate,
+        } => run_once(&cfg, recreate).await,
+        Command::Run {
+            once: false,
+            recreate,
+        } => crate::pipeline::daemon::run(&cfg, recreate).await,
         Command::Bootstrap => crate::pipeline::daemon::bootstrap(&cfg).await.map(|_| 0),
         Command::Teardown => crate::pipeline::daemon::teardown(&cfg).await.map(|_| 0),
         Command::Status => crate::pipeline::daemon::status(&cfg).await.map(|_| 0),
@@ -36,7 +42,11 @@ async fn validate(cfg: &Config) -> Result<i32> {
             p.spec.index,
             p.spec.database,
             p.nodes().len(),
-            p.tables().iter().map(|t| t.to_string()).collect::<Vec<_>>().join(", ")
+            p.tables()
+                .iter()
+                .map(|t| t.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
         );
     }
     Ok(0)
@@ -52,7 +62,8 @@ pub async fn run_once(cfg: &Config, recreate: bool) -> Result<i32> {
     for plan in plans {
         let plan = Arc::new(plan);
         super::warn_plugins(&plan);
-        sink.ensure_index(&plan.spec.index, &index_body(&plan), recreate).await?;
+        sink.ensure_index(&plan.spec.index, &index_body(&plan), recreate)
+            .await?;
         let summary = initial_sync(cfg, plan.clone(), sink.clone(), None).await?;
         sink.refresh(&plan.spec.index).await?;
         println!("{summary}");
@@ -66,4 +77,3 @@ pub async fn run_once(cfg: &Config, recreate: bool) -> Result<i32> {
     }
     Ok(0)
 }
-

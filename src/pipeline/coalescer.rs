@@ -6,7 +6,9 @@
 //! changes all reduce to "rebuild these keys".
 
 use super::lanes::{Lanes, ReceiverStream};
-use super::messages::{Change, ChangeOp, Completion, FetchRequest, Row, RootKey, TableId, Transaction};
+use super::messages::{
+    Change, ChangeOp, Completion, FetchRequest, RootKey, Row, TableId, Transaction,
+};
 use crate::checkpoint::Event;
 use crate::schema::resolve::{FieldSource, IndexPlan};
 use crate::sql::document::{doc_id, RootFilter};
@@ -115,7 +117,17 @@ impl Coalescer {
         let frontier = self.frontier.clone();
         let prior = std::mem::replace(&mut self.last_dispatched, position);
         let fut = async move {
-            let r = dispatch(&client, &plan, tables, position, &out, &checkpoints, frontier, prior).await;
+            let r = dispatch(
+                &client,
+                &plan,
+                tables,
+                position,
+                &out,
+                &checkpoints,
+                frontier,
+                prior,
+            )
+            .await;
             (client, r)
         };
         ctx.wait(fut.into_actor(self).map(|(client, r), act, ctx| {
@@ -133,18 +145,22 @@ impl Actor for Coalescer {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         let connect = self.connect.clone();
-        ctx.wait(async move { connect().await }.into_actor(self).map(|r, act, ctx| match r {
-            Ok(c) => {
-                act.client = Some(c);
-                if let Some(rx) = act.input.take() {
-                    ctx.add_stream(ReceiverStream(rx));
-                }
-            }
-            Err(e) => {
-                let _ = act.errors.send(e);
-                ctx.stop();
-            }
-        }));
+        ctx.wait(
+            async move { connect().await }
+                .into_actor(self)
+                .map(|r, act, ctx| match r {
+                    Ok(c) => {
+                        act.client = Some(c);
+                        if let Some(rx) = act.input.take() {
+                            ctx.add_stream(ReceiverStream(rx));
+                        }
+                    }
+                    Err(e) => {
+                        let _ = act.errors.send(e);
+                        ctx.stop();
+                    }
+                }),
+        );
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
@@ -202,13 +218,20 @@ async fn dispatch(
     prior: u64,
 ) -> Result<()> {
     let root = &plan.root;
-    let routing_col = plan.routing_field.and_then(|i| match &root.fields[i].source {
-        FieldSource::Column { expr, .. } if expr.steps.is_empty() => Some(expr.column.clone()),
-        _ => None,
-    });
+    let routing_col = plan
+        .routing_field
+        .and_then(|i| match &root.fields[i].source {
+            FieldSource::Column { expr, .. } if expr.steps.is_empty() => Some(expr.column.clone()),
+            _ => None,
+        });
     let mut work = Work::default();
     let add_root = |work: &mut Work, vals: Vec<String>, routing: Option<String>| {
-        let id = doc_id(root, |k| root.key.iter().position(|x| x == k).map(|i| vals[i].clone()));
+        let id = doc_id(root, |k| {
+            root.key
+                .iter()
+                .position(|x| x == k)
+                .map(|i| vals[i].clone())
+        });
         if let Some(id) = id {
             let e = work.keys.entry(id.clone()).or_insert(RootKey {
                 values: vals,
@@ -234,19 +257,27 @@ async fn dispatch(
                 Effect::Root => {
                     for r in rows {
                         if let Some(v) = values(r, &root.key) {
-                            let routing = routing_col.as_ref().and_then(|c| r.get(c).cloned().flatten());
+                            let routing = routing_col
+                                .as_ref()
+                                .and_then(|c| r.get(c).cloned().flatten());
                             add_root(&mut work, v, routing);
                         }
                     }
                 }
-                Effect::Parent { row_cols, sql: None } => {
+                Effect::Parent {
+                    row_cols,
+                    sql: None,
+                } => {
                     for r in rows {
                         if let Some(v) = values(r, row_cols) {
                             add_root(&mut work, v, None);
                         }
                     }
                 }
-                Effect::Parent { row_cols, sql: Some(sql) } => {
+                Effect::Parent {
+                    row_cols,
+                    sql: Some(sql),
+                } => {
                     let entry = work
                         .lookups
                         .entry(sql.clone())
@@ -272,10 +303,9 @@ async fn dispatch(
             }
         }
         let p: Vec<&(dyn ToSql + Sync)> = params.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
-        let rows = client
-            .query(sql.as_str(), &p)
-            .await
-            .map_err(|e| Error::from(e).context(format!("finding documents affected by changes ({sql})")))?;
+        let rows = client.query(sql.as_str(), &p).await.map_err(|e| {
+            Error::from(e).context(format!("finding documents affected by changes ({sql})"))
+        })?;
         for r in rows {
             let vals: Vec<String> = (0..root.key.len()).map(|i| r.get::<_, String>(i)).collect();
             add_root(&mut work, vals, None);
@@ -287,7 +317,10 @@ async fn dispatch(
         // Barrier: every earlier window is written, then the whole-index steps run alone.
         wait_for(&mut frontier, prior).await;
         if work.delete_all {
-            whole_index_step(out, |c| FetchRequest::DeleteAll { completion: Some(c) }).await?;
+            whole_index_step(out, |c| FetchRequest::DeleteAll {
+                completion: Some(c),
+            })
+            .await?;
         }
         if work.rebuild_all {
             whole_index_step(out, |c| FetchRequest::Range {
@@ -308,16 +341,25 @@ async fn dispatch(
     }
     for (lane, keys) in per_lane.into_iter().enumerate() {
         if !keys.is_empty() {
-            out.send_to(lane, FetchRequest::Keys { keys, completion: Some(c.clone()) })
-                .await
-                .map_err(|_| stopped())?;
+            out.send_to(
+                lane,
+                FetchRequest::Keys {
+                    keys,
+                    completion: Some(c.clone()),
+                },
+            )
+            .await
+            .map_err(|_| stopped())?;
         }
     }
     Ok(())
 }
 
 /// Sends one whole-index request on lane 0 and waits until it is written.
-async fn whole_index_step(out: &Lanes<FetchRequest>, make: impl FnOnce(Completion) -> FetchRequest) -> Result<()> {
+async fn whole_index_step(
+    out: &Lanes<FetchRequest>,
+    make: impl FnOnce(Completion) -> FetchRequest,
+) -> Result<()> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     let c = Completion::new(move || {
         let _ = tx.send(());

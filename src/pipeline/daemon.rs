@@ -40,11 +40,7 @@ pub fn names(cfg: &Config, plan: &IndexPlan) -> Names {
 /// (its key alone identifies the document; other tables need their old foreign-key values).
 pub fn full_identity_tables(plan: &IndexPlan) -> Vec<crate::pipeline::messages::TableId> {
     let root = &plan.root.table;
-    let elsewhere = plan
-        .nodes()
-        .iter()
-        .skip(1)
-        .any(|(n, _)| &n.table == root);
+    let elsewhere = plan.nodes().iter().skip(1).any(|(n, _)| &n.table == root);
     plan.tables()
         .into_iter()
         .filter(|t| t != root || elsewhere)
@@ -55,9 +51,15 @@ async fn bootstrap_index(cfg: &Config, plan: &IndexPlan) -> Result<slot::Bootstr
     let client = crate::config::connect(cfg, &plan.spec.database).await?;
     let n = names(cfg, plan);
     slot::check_replication_ready(&client, &n.slot).await?;
-    slot::bootstrap(&client, &n.slot, &n.publication, &plan.tables(), &full_identity_tables(plan))
-        .await
-        .map_err(|e| e.context(format!("bootstrap of index {}", plan.spec.index)))
+    slot::bootstrap(
+        &client,
+        &n.slot,
+        &n.publication,
+        &plan.tables(),
+        &full_identity_tables(plan),
+    )
+    .await
+    .map_err(|e| e.context(format!("bootstrap of index {}", plan.spec.index)))
 }
 
 /// `pgsync bootstrap`.
@@ -70,9 +72,17 @@ pub async fn bootstrap(cfg: &Config) -> Result<()> {
             "index {}: slot {} ({}), publication {} ({})",
             plan.spec.index,
             n.slot,
-            if out.slot_created { "created" } else { "exists" },
+            if out.slot_created {
+                "created"
+            } else {
+                "exists"
+            },
             n.publication,
-            if out.publication_changed { "created or updated" } else { "unchanged" },
+            if out.publication_changed {
+                "created or updated"
+            } else {
+                "unchanged"
+            },
         );
     }
     Ok(())
@@ -87,7 +97,10 @@ pub async fn teardown(cfg: &Config) -> Result<()> {
         let n = names(cfg, &plan);
         slot::teardown(&client, &n.slot, &n.publication).await?;
         store.remove(&n.slot).await?;
-        println!("index {}: removed slot {}, publication {} and checkpoint", plan.spec.index, n.slot, n.publication);
+        println!(
+            "index {}: removed slot {}, publication {} and checkpoint",
+            plan.spec.index, n.slot, n.publication
+        );
     }
     Ok(())
 }
@@ -132,7 +145,9 @@ pub async fn run(cfg: &Config, recreate: bool) -> Result<i32> {
     let mut tasks = vec![];
     for plan in plans {
         let (cfg, sink, store, stop) = (cfg.clone(), sink.clone(), store.clone(), stop_rx.clone());
-        tasks.push(async move { run_index(&cfg, Arc::new(plan), sink, store, stop, recreate).await });
+        tasks.push(
+            async move { run_index(&cfg, Arc::new(plan), sink, store, stop, recreate).await },
+        );
     }
     for r in futures::future::join_all(tasks).await {
         r?;
@@ -170,7 +185,9 @@ pub async fn run_index(
     crate::cli::warn_plugins(&plan);
     let boot = bootstrap_index(cfg, &plan).await?;
     let n = names(cfg, &plan);
-    let created = sink.ensure_index(&index, &index_body(&plan), recreate).await?;
+    let created = sink
+        .ensure_index(&index, &index_body(&plan), recreate)
+        .await?;
     let cp = store.load(&n.slot).await?;
     let start = match cp {
         Some(c) if c.initial_sync_done && !recreate && !boot.slot_created && !created => c.position,
@@ -179,7 +196,9 @@ pub async fn run_index(
             // after it is also streamed afterwards and re-applied from the current rows.
             let summary = initial_sync(cfg, plan.clone(), sink.clone(), None).await?;
             println!("{summary}");
-            store.save(&n.slot, &CheckpointRecord::at(boot.consistent_lsn)).await?;
+            store
+                .save(&n.slot, &CheckpointRecord::at(boot.consistent_lsn))
+                .await?;
             boot.consistent_lsn
         }
     };
@@ -188,14 +207,31 @@ pub async fn run_index(
     let (err_tx, mut err_rx) = mpsc::unbounded_channel::<Error>();
     let stats = Arc::new(super::progress::Stats::default());
     // Back to front: writers, fetchers, checkpointer, coalescer, WAL reader.
-    let (write_lanes, writer_dones) = spawn_writers(cfg, &sink, &index, &stats, &err_tx, Duration::from_millis(5));
-    let fetch_lanes = spawn_fetchers(cfg, &plan, None, &write_lanes, &stats, &err_tx, cfg.pipeline.fetchers);
+    let (write_lanes, writer_dones) = spawn_writers(
+        cfg,
+        &sink,
+        &index,
+        &stats,
+        &err_tx,
+        Duration::from_millis(5),
+    );
+    let fetch_lanes = spawn_fetchers(
+        cfg,
+        &plan,
+        None,
+        &write_lanes,
+        &stats,
+        &err_tx,
+        cfg.pipeline.fetchers,
+    );
     drop(write_lanes);
     let (cp_tx, cp_rx) = mpsc::unbounded_channel();
     let (frontier_tx, frontier_rx) = watch::channel(start);
     {
         let (store, key) = (store.clone(), n.slot.clone());
-        Checkpointer::start_in_arbiter(&Arbiter::new().handle(), move |_| Checkpointer::new(key, store, start, cp_rx, frontier_tx));
+        Checkpointer::start_in_arbiter(&Arbiter::new().handle(), move |_| {
+            Checkpointer::new(key, store, start, cp_rx, frontier_tx)
+        });
     }
     let (tx_tx, tx_rx) = mpsc::channel(cfg.pipeline.channel_capacity.max(1) * 16);
     let (co_done_tx, co_done_rx) = tokio::sync::oneshot::channel();
@@ -204,13 +240,37 @@ pub async fn run_index(
             window: Duration::from_millis(cfg.capture.coalesce_window_ms),
             max_changes: cfg.capture.coalesce_max_changes.max(1),
         };
-        let (plan, connect, errs, frontier) = (plan.clone(), connector(cfg, &plan.spec.database), err_tx.clone(), frontier_rx.clone());
+        let (plan, connect, errs, frontier) = (
+            plan.clone(),
+            connector(cfg, &plan.spec.database),
+            err_tx.clone(),
+            frontier_rx.clone(),
+        );
         Coalescer::start_in_arbiter(&Arbiter::new().handle(), move |_| {
-            Coalescer::new(plan, settings, tx_rx, connect, fetch_lanes, cp_tx, frontier, errs, co_done_tx)
+            Coalescer::new(
+                plan,
+                settings,
+                tx_rx,
+                connect,
+                fetch_lanes,
+                cp_tx,
+                frontier,
+                errs,
+                co_done_tx,
+            )
         });
     }
     let (reader_stop_tx, reader_stop_rx) = watch::channel(false);
-    let reader = crate::source::wal::spawn_reader(cfg, &plan.spec.database, &n.slot, &n.publication, tx_tx, frontier_rx.clone(), reader_stop_rx, err_tx.clone());
+    let reader = crate::source::wal::spawn_reader(
+        cfg,
+        &plan.spec.database,
+        &n.slot,
+        &n.publication,
+        tx_tx,
+        frontier_rx.clone(),
+        reader_stop_rx,
+        err_tx.clone(),
+    );
 
     // Run until asked to stop or a stage fails.
     let failure = tokio::select! {

@@ -142,7 +142,19 @@ async fn run_request(
         }
         FetchRequest::Range { filter, completion } => {
             let sql = document_query(plan, &filter, s.with_meta);
-            stream_documents(client, s, &sql, &[], None, out, stats, index, pipeline, completion).await?;
+            stream_documents(
+                client,
+                s,
+                &sql,
+                &[],
+                None,
+                out,
+                stats,
+                index,
+                pipeline,
+                completion,
+            )
+            .await?;
             Ok(())
         }
         FetchRequest::Keys { keys, completion } => {
@@ -157,7 +169,8 @@ async fn run_request(
                 }
             }
             let sql = document_query(plan, &RootFilter::Keys, s.with_meta);
-            let mut wanted: HashMap<&str, &RootKey> = keys.iter().map(|k| (k.id.as_str(), k)).collect();
+            let mut wanted: HashMap<&str, &RootKey> =
+                keys.iter().map(|k| (k.id.as_str(), k)).collect();
             stream_documents(
                 client,
                 s,
@@ -214,12 +227,16 @@ async fn stream_documents(
     let result = async {
         if let Some(snap) = &s.snapshot {
             client
-                .batch_execute(&format!("SET TRANSACTION SNAPSHOT {}", crate::sql::quote_literal(snap)))
+                .batch_execute(&format!(
+                    "SET TRANSACTION SNAPSHOT {}",
+                    crate::sql::quote_literal(snap)
+                ))
                 .await?;
         }
-        let stmt = client.prepare(sql).await.map_err(|e| {
-            Error::from(e).context(format!("document query for index {index}"))
-        })?;
+        let stmt = client
+            .prepare(sql)
+            .await
+            .map_err(|e| Error::from(e).context(format!("document query for index {index}")))?;
         let p: Vec<&(dyn ToSql + Sync)> = params.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
         // Rows stream from the statement's portal as they are produced; TCP flow control
         // stops PostgreSQL when we stop reading, so client memory stays at one chunk.
@@ -249,7 +266,14 @@ async fn stream_documents(
                 let bytes = serde_json::to_vec(&v).map_err(|e| Error::internal(e.to_string()))?;
                 push_index_action(&mut chunk.body, index, id, routing, pipeline, &bytes);
             } else {
-                push_index_action(&mut chunk.body, index, id, routing, pipeline, doc.as_bytes());
+                push_index_action(
+                    &mut chunk.body,
+                    index,
+                    id,
+                    routing,
+                    pipeline,
+                    doc.as_bytes(),
+                );
             }
             chunk.ids.push(id.to_owned());
             if chunk.ids.len() >= s.chunk_docs || chunk.body.len() >= s.chunk_bytes {
@@ -271,13 +295,20 @@ async fn stream_documents(
         Ok::<(), Error>(())
     }
     .await;
-    let end = client.batch_execute(if result.is_ok() { "COMMIT" } else { "ROLLBACK" }).await;
+    let end = client
+        .batch_execute(if result.is_ok() { "COMMIT" } else { "ROLLBACK" })
+        .await;
     result?;
     end?;
     Ok(())
 }
 
-async fn send(out: &Lanes<DocChunk>, s: &FetchSettings, keyed: bool, chunk: DocChunk) -> Result<()> {
+async fn send(
+    out: &Lanes<DocChunk>,
+    s: &FetchSettings,
+    keyed: bool,
+    chunk: DocChunk,
+) -> Result<()> {
     let r = if keyed {
         out.send_to(s.lane % out.len(), chunk).await
     } else {

@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 /// Opens a PostgreSQL connection for a stage, on the stage's own thread.
-pub type Connector = Arc<dyn Fn() -> futures::future::BoxFuture<'static, Result<tokio_postgres::Client>> + Send + Sync>;
+pub type Connector = Arc<
+    dyn Fn() -> futures::future::BoxFuture<'static, Result<tokio_postgres::Client>> + Send + Sync,
+>;
 
 /// A connector for `database` from the configuration.
 pub fn connector(cfg: &Config, database: &str) -> Connector {
@@ -51,7 +53,12 @@ pub fn spawn_writers(
             in_flight: p.requests_in_flight.max(1),
             linger,
         };
-        let (sink, index, stats, errors) = (sink.clone(), index.to_owned(), stats.clone(), errors.clone());
+        let (sink, index, stats, errors) = (
+            sink.clone(),
+            index.to_owned(),
+            stats.clone(),
+            errors.clone(),
+        );
         let arb = Arbiter::new();
         Writer::start_in_arbiter(&arb.handle(), move |_| {
             Writer::new(sink, index, settings, rx, stats, errors, dtx)
@@ -85,37 +92,76 @@ pub fn spawn_fetchers(
             snapshot: snapshot.clone(),
             lane,
         });
-        let (out, stats, errors, connect) = (out.clone(), stats.clone(), errors.clone(), connect.clone());
+        let (out, stats, errors, connect) =
+            (out.clone(), stats.clone(), errors.clone(), connect.clone());
         let arb = Arbiter::new();
-        Fetcher::start_in_arbiter(&arb.handle(), move |_| Fetcher::new(settings, rx, out, stats, errors, connect));
+        Fetcher::start_in_arbiter(&arb.handle(), move |_| {
+            Fetcher::new(settings, rx, out, stats, errors, connect)
+        });
         senders.push(tx);
     }
     Lanes::new(senders)
 }
 
 /// Builds every document of `plan` and writes it to `sink`. Must run inside an actix System.
-pub async fn initial_sync(cfg: &Config, plan: Arc<IndexPlan>, sink: Sink, snapshot: Option<String>) -> Result<Summary> {
+pub async fn initial_sync(
+    cfg: &Config,
+    plan: Arc<IndexPlan>,
+    sink: Sink,
+    snapshot: Option<String>,
+) -> Result<Summary> {
     let started = Instant::now();
     let stats = Arc::new(Stats::default());
     let (err_tx, mut err_rx) = mpsc::unbounded_channel();
     let index = plan.spec.index.clone();
 
     // Back to front: writers, then fetchers given the writers' lanes, then the planner.
-    let (write_lanes, dones) = spawn_writers(cfg, &sink, &index, &stats, &err_tx, Duration::from_millis(200));
-    let fetch_lanes = spawn_fetchers(cfg, &plan, snapshot, &write_lanes, &stats, &err_tx, cfg.pipeline.fetchers);
+    let (write_lanes, dones) = spawn_writers(
+        cfg,
+        &sink,
+        &index,
+        &stats,
+        &err_tx,
+        Duration::from_millis(200),
+    );
+    let fetch_lanes = spawn_fetchers(
+        cfg,
+        &plan,
+        snapshot,
+        &write_lanes,
+        &stats,
+        &err_tx,
+        cfg.pipeline.fetchers,
+    );
     let blocked = write_lanes.blocked_counter();
     drop(write_lanes);
 
     let client = crate::config::connect(cfg, &plan.spec.database).await?;
     let (kind, pages, rows) = planner::root_size(&client, &plan).await?;
     drop(client);
-    let ranges = planner::split(kind, pages, cfg.pipeline.fetchers.max(1) * cfg.pipeline.ranges_per_fetcher.max(1));
+    let ranges = planner::split(
+        kind,
+        pages,
+        cfg.pipeline.fetchers.max(1) * cfg.pipeline.ranges_per_fetcher.max(1),
+    );
     tracing::info!(index = %index, ranges = ranges.len(), pages, estimated_rows = rows.unwrap_or(0), "initial sync started");
-    let progress = Progress::start(&index, stats.clone(), rows, Duration::from_secs(cfg.log.progress_interval_secs.max(1)));
+    let progress = Progress::start(
+        &index,
+        stats.clone(),
+        rows,
+        Duration::from_secs(cfg.log.progress_interval_secs.max(1)),
+    );
 
     let feed = async {
         for r in ranges {
-            if fetch_lanes.send_any(FetchRequest::Range { filter: r, completion: None }).await.is_err() {
+            if fetch_lanes
+                .send_any(FetchRequest::Range {
+                    filter: r,
+                    completion: None,
+                })
+                .await
+                .is_err()
+            {
                 break;
             }
         }

@@ -93,7 +93,9 @@ impl Completion {
     }
     /// Records that a chunk could not be written: the callback must never fire.
     pub fn fail(&self) {
-        self.0.failed.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.0
+            .failed
+            .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 }
 

@@ -58,7 +58,12 @@ mod tests {
 
     #[test]
     fn nested_triples_fold_into_sorted_distinct_values_per_table() {
-        let t = json!([["book", "id", "1"], [["author", "id", 3], [["city", "id", 1]]], [["author", "id", 1], [["city", "id", 1]]], null]);
+        let t = json!([
+            ["book", "id", "1"],
+            [["author", "id", 3], [["city", "id", 1]]],
+            [["author", "id", 1], [["city", "id", 1]]],
+            null
+        ]);
         assert_eq!(
             fold(&t),
             json!({"author": {"id": [1, 3]}, "book": {"id": ["1"]}, "city": {"id": [1]}})

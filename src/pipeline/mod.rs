@@ -4,11 +4,11 @@
 //! mailboxes alone do not bound it). Stages are spawned back to front so each is handed the
 //! senders of its downstream stage.
 
+pub mod coalescer;
 pub mod daemon;
 pub mod fetcher;
 pub mod initial;
 pub mod lanes;
-pub mod coalescer;
 pub mod messages;
 pub mod meta;
 pub mod planner;

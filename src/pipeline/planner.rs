@@ -61,8 +61,14 @@ mod tests {
         assert_eq!(
             r,
             vec![
-                RootFilter::CtidRange { from: 0, to: Some(4) },
-                RootFilter::CtidRange { from: 4, to: Some(8) },
+                RootFilter::CtidRange {
+                    from: 0,
+                    to: Some(4)
+                },
+                RootFilter::CtidRange {
+                    from: 4,
+                    to: Some(8)
+                },
                 RootFilter::CtidRange { from: 8, to: None },
             ]
         );

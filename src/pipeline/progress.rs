@@ -115,7 +115,12 @@ pub struct Progress {
 
 impl Progress {
     /// Starts reporting `stats` for `index`, with `total` roots if known.
-    pub fn start(index: &str, stats: Arc<Stats>, total: Option<u64>, interval: Duration) -> Progress {
+    pub fn start(
+        index: &str,
+        stats: Arc<Stats>,
+        total: Option<u64>,
+        interval: Duration,
+    ) -> Progress {
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let s2 = stop.clone();
         let index = index.to_owned();

@@ -127,7 +127,9 @@ impl WriterLoop {
             if let Some(c) = chunk.completion {
                 pending.completions.push(c);
             }
-            if pending.ids.len() >= self.settings.batch_docs || pending.body.len() >= self.settings.batch_bytes {
+            if pending.ids.len() >= self.settings.batch_docs
+                || pending.body.len() >= self.settings.batch_bytes
+            {
                 self.flush(&mut pending, &slots).await;
             }
             if chunk.barrier {
@@ -159,7 +161,12 @@ impl WriterLoop {
             ids: p.ids,
         };
         let completions = p.completions;
-        let (sink, stats, errors, index) = (self.sink.clone(), self.stats.clone(), self.errors.clone(), self.index.clone());
+        let (sink, stats, errors, index) = (
+            self.sink.clone(),
+            self.stats.clone(),
+            self.errors.clone(),
+            self.index.clone(),
+        );
         tokio::spawn(async move {
             let bytes = batch.body.len() as u64;
             match sink.bulk(batch).await {

@@ -147,6 +147,10 @@ pub struct SchemaProblem {
 
 impl std::fmt::Display for SchemaProblem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: found {}; expected {}", self.path, self.found, self.allowed)
+        write!(
+            f,
+            "{}: found {}; expected {}",
+            self.path, self.found, self.allowed
+        )
     }
 }

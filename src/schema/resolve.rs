@@ -348,7 +348,11 @@ impl PlanNode {
     }
 
     /// Visits this node and every descendant in preorder, with the parent of each.
-    pub fn walk<'a>(&'a self, parent: Option<&'a PlanNode>, f: &mut impl FnMut(&'a PlanNode, Option<&'a PlanNode>)) {
+    pub fn walk<'a>(
+        &'a self,
+        parent: Option<&'a PlanNode>,
+        f: &mut impl FnMut(&'a PlanNode, Option<&'a PlanNode>),
+    ) {
         f(self, parent);
         for c in &self.children {
             c.walk(Some(self), f);
@@ -405,7 +409,10 @@ impl IndexPlan {
 }
 
 /// Resolves every index of `file` against `catalog`, collecting every problem.
-pub fn resolve(file: &SchemaFile, catalog: &Catalog) -> std::result::Result<Vec<IndexPlan>, Vec<SchemaProblem>> {
+pub fn resolve(
+    file: &SchemaFile,
+    catalog: &Catalog,
+) -> std::result::Result<Vec<IndexPlan>, Vec<SchemaProblem>> {
     let mut problems = vec![];
     let mut plans = vec![];
     for spec in &file.indices {
@@ -421,7 +428,11 @@ pub fn resolve(file: &SchemaFile, catalog: &Catalog) -> std::result::Result<Vec<
                         found: format!("{r:?}"),
                         allowed: format!(
                             "a field of the root document: {}",
-                            root.fields.iter().map(|f| f.name.as_str()).collect::<Vec<_>>().join(", ")
+                            root.fields
+                                .iter()
+                                .map(|f| f.name.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
                         ),
                     });
                 }
@@ -434,7 +445,11 @@ pub fn resolve(file: &SchemaFile, catalog: &Catalog) -> std::result::Result<Vec<
             };
             for t in plan.tables() {
                 if let Some(info) = catalog.tables.get(&t) {
-                    let m = info.columns.iter().map(|c| (c.name.clone(), c.type_name.clone())).collect();
+                    let m = info
+                        .columns
+                        .iter()
+                        .map(|c| (c.name.clone(), c.type_name.clone()))
+                        .collect();
                     plan.column_types.insert(t, m);
                 }
             }
@@ -452,7 +467,12 @@ pub fn resolve(file: &SchemaFile, catalog: &Catalog) -> std::result::Result<Vec<
 pub fn schemas_of(file: &SchemaFile) -> Vec<String> {
     fn walk(n: &NodeSpec, out: &mut BTreeSet<String>) {
         out.insert(n.schema.clone());
-        for t in n.relationship.iter().flat_map(|r| r.through_tables.iter()).chain(n.base_tables.iter()) {
+        for t in n
+            .relationship
+            .iter()
+            .flat_map(|r| r.through_tables.iter())
+            .chain(n.base_tables.iter())
+        {
             if let Some((s, _)) = t.split_once('.') {
                 out.insert(s.to_owned());
             }
@@ -475,7 +495,12 @@ fn table_ref(name: &str, default_schema: &str) -> TableId {
     }
 }
 
-fn problem(problems: &mut Vec<SchemaProblem>, path: String, found: impl Into<String>, allowed: impl Into<String>) {
+fn problem(
+    problems: &mut Vec<SchemaProblem>,
+    path: String,
+    found: impl Into<String>,
+    allowed: impl Into<String>,
+) {
     problems.push(SchemaProblem {
         path,
         found: found.into(),
@@ -506,12 +531,21 @@ fn resolve_node(
         problem(
             problems,
             format!("{}.table", spec.path),
-            format!("{:?} (no such table or view in schema {:?})", spec.table, spec.schema),
+            format!(
+                "{:?} (no such table or view in schema {:?})",
+                spec.table, spec.schema
+            ),
             format!("one of: {}", catalog.names_in(&spec.schema).join(", ")),
         );
         return None;
     };
-    let column_list = || info.columns.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", ");
+    let column_list = || {
+        info.columns
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
 
     // Key.
     let key = if !spec.primary_key.is_empty() {
@@ -561,7 +595,10 @@ fn resolve_node(
             problem(
                 problems,
                 format!("{}.columns[{i}]", spec.path),
-                format!("{text:?}: JSON operator on column {:?} of type {}", expr.column, col.type_name),
+                format!(
+                    "{text:?}: JSON operator on column {:?} of type {}",
+                    expr.column, col.type_name
+                ),
                 "JSON operators only on json or jsonb columns",
             );
             continue;
@@ -622,7 +659,11 @@ fn resolve_node(
         }
         join = resolve_join(spec, rel, &table, info, pnode, pinfo, catalog, problems);
     }
-    let base_tables = spec.base_tables.iter().map(|b| table_ref(b, &spec.schema)).collect();
+    let base_tables = spec
+        .base_tables
+        .iter()
+        .map(|b| table_ref(b, &spec.schema))
+        .collect();
     let mut node = PlanNode {
         id,
         path: spec.path.clone(),
@@ -769,7 +810,10 @@ mod tests {
         assert_eq!(
             e.steps,
             vec![
-                (JsonStep::Path(vec!["a".into(), "b".into(), "c".into()]), false),
+                (
+                    JsonStep::Path(vec!["a".into(), "b".into(), "c".into()]),
+                    false
+                ),
                 (JsonStep::Index(4), false)
             ]
         );
@@ -781,7 +825,10 @@ mod tests {
         assert_eq!(e.field_name(), "doc_x_0_y");
         assert_eq!(e.steps.len(), 3);
         let e = ColumnExpr::parse("doc#>>{a,b}");
-        assert_eq!(e.steps, vec![(JsonStep::Path(vec!["a".into(), "b".into()]), true)]);
+        assert_eq!(
+            e.steps,
+            vec![(JsonStep::Path(vec!["a".into(), "b".into()]), true)]
+        );
         assert_eq!(ColumnExpr::parse("plain").steps, vec![]);
     }
 }

@@ -42,7 +42,11 @@ pub mod cols {
 pub fn document_query(plan: &IndexPlan, filter: &RootFilter, with_meta: bool) -> String {
     let root = &plan.root;
     let a = alias(root);
-    let b = Builder { plan, with_meta, filter };
+    let b = Builder {
+        plan,
+        with_meta,
+        filter,
+    };
     let mut from = format!("{} {a}", table_sql(&root.table));
     for c in &root.children {
         b.child_join(&mut from, root, c, &[root]);
@@ -103,7 +107,10 @@ pub fn table_sql(t: &crate::pipeline::messages::TableId) -> String {
 }
 
 fn cols_sql(alias: &str, cols: &[String]) -> String {
-    let v: Vec<String> = cols.iter().map(|c| format!("{alias}.{}", quote_ident(c))).collect();
+    let v: Vec<String> = cols
+        .iter()
+        .map(|c| format!("{alias}.{}", quote_ident(c)))
+        .collect();
     if v.len() == 1 {
         v[0].clone()
     } else {
@@ -121,9 +128,13 @@ pub fn keys_in_params(alias: &str, cols: &[String], types: &[&str], first: usize
             types[0]
         );
     }
-    let params: Vec<String> = (0..cols.len()).map(|i| format!("${}::text[]", first + i)).collect();
+    let params: Vec<String> = (0..cols.len())
+        .map(|i| format!("${}::text[]", first + i))
+        .collect();
     let names: Vec<String> = (0..cols.len()).map(|i| format!("c{i}")).collect();
-    let casts: Vec<String> = (0..cols.len()).map(|i| format!("v.c{i}::{}", types[i])).collect();
+    let casts: Vec<String> = (0..cols.len())
+        .map(|i| format!("v.c{i}::{}", types[i]))
+        .collect();
     format!(
         "{} IN (SELECT {} FROM unnest({}) AS v({}))",
         cols_sql(alias, cols),
@@ -206,7 +217,13 @@ impl Builder<'_> {
     }
 
     /// Appends `LEFT JOIN (derived table of child) jN ON ...` to `from`.
-    fn child_join(&self, from: &mut String, parent: &PlanNode, child: &PlanNode, chain: &[&PlanNode]) {
+    fn child_join(
+        &self,
+        from: &mut String,
+        parent: &PlanNode,
+        child: &PlanNode,
+        chain: &[&PlanNode],
+    ) {
         let Some(join) = &child.join else { return };
         let a = alias(child);
         let j = format!("j{}", child.id);
@@ -257,13 +274,19 @@ impl Builder<'_> {
             .iter()
             .map(|c| format!("{group_alias}.{}", quote_ident(c)))
             .collect();
-        let (variant, kind) = child.relationship.unwrap_or((Variant::Object, RelationType::OneToMany));
+        let (variant, kind) = child
+            .relationship
+            .unwrap_or((Variant::Object, RelationType::OneToMany));
         let value = match variant {
             Variant::Object => self.object(child, &a),
             Variant::Scalar => self.field_value(child, 0, &a),
         };
         let order = {
-            let k: Vec<String> = child.key.iter().map(|k| format!("{a}.{}", quote_ident(k))).collect();
+            let k: Vec<String> = child
+                .key
+                .iter()
+                .map(|k| format!("{a}.{}", quote_ident(k)))
+                .collect();
             if k.is_empty() {
                 String::new()
             } else {
@@ -276,7 +299,8 @@ impl Builder<'_> {
         };
         let mut sql = format!("SELECT {}, {agg} AS v", keys.join(", "));
         if self.with_meta {
-            let through_alias = matches!(join, Join::Through { .. }).then(|| format!("u{}", child.id));
+            let through_alias =
+                matches!(join, Join::Through { .. }).then(|| format!("u{}", child.id));
             write!(
                 sql,
                 ", json_agg({}) AS m",
@@ -325,7 +349,11 @@ impl Builder<'_> {
     fn object(&self, n: &PlanNode, a: &str) -> String {
         let mut pairs: Vec<String> = Vec::new();
         for (i, f) in n.fields.iter().enumerate() {
-            pairs.push(format!("{}, {}", quote_literal(&f.name), self.field_value(n, i, a)));
+            pairs.push(format!(
+                "{}, {}",
+                quote_literal(&f.name),
+                self.field_value(n, i, a)
+            ));
         }
         for c in &n.children {
             if c.join.is_some() {
@@ -349,7 +377,11 @@ impl Builder<'_> {
     /// The SQL value of field `i` of node `n`.
     fn field_value(&self, n: &PlanNode, i: usize, a: &str) -> String {
         match &n.fields[i].source {
-            FieldSource::Column { expr, info, replace } => {
+            FieldSource::Column {
+                expr,
+                info,
+                replace,
+            } => {
                 let mut s = format!("{a}.{}", quote_ident(&expr.column));
                 let mut is_text = info.category == 'S' && expr.steps.is_empty();
                 for (step, as_text) in &expr.steps {
@@ -362,14 +394,20 @@ impl Builder<'_> {
                     let arg = match step {
                         JsonStep::Key(k) => quote_literal(k),
                         JsonStep::Index(i) => i.to_string(),
-                        JsonStep::Path(p) => format!("{}::text[]", quote_literal(&format!("{{{}}}", p.join(",")))),
+                        JsonStep::Path(p) => {
+                            format!("{}::text[]", quote_literal(&format!("{{{}}}", p.join(","))))
+                        }
                     };
                     s = format!("({s} {op} {arg})");
                     is_text = *as_text;
                 }
                 if is_text {
                     for (old, new) in replace {
-                        s = format!("replace({s}, {}, {})", quote_literal(old), quote_literal(new));
+                        s = format!(
+                            "replace({s}, {}, {})",
+                            quote_literal(old),
+                            quote_literal(new)
+                        );
                     }
                 }
                 s
@@ -392,11 +430,17 @@ impl Builder<'_> {
     fn field_text(&self, n: &PlanNode, i: usize, a: &str) -> String {
         let v = self.field_value(n, i, a);
         match &n.fields[i].source {
-            FieldSource::Column { expr, info, .. } if expr.steps.is_empty() && info.category == 'B' => {
+            FieldSource::Column { expr, info, .. }
+                if expr.steps.is_empty() && info.category == 'B' =>
+            {
                 // PGSync drops falsy values from a concat: `false` disappears, `true` prints `True`.
                 format!("CASE WHEN {v} THEN 'True' END")
             }
-            FieldSource::Column { expr, info, .. } if expr.steps.is_empty() && info.category == 'S' => v,
+            FieldSource::Column { expr, info, .. }
+                if expr.steps.is_empty() && info.category == 'S' =>
+            {
+                v
+            }
             FieldSource::Concat { .. } => v,
             _ => format!("(to_json({v}) #>> '{{}}')"),
         }
@@ -411,7 +455,11 @@ impl Builder<'_> {
             } else {
                 format!("{a}.{}", quote_ident(k))
             };
-            parts.push(format!("json_build_array({}, {}, {v})", quote_literal(&n.table.name), quote_literal(k)));
+            parts.push(format!(
+                "json_build_array({}, {}, {v})",
+                quote_literal(&n.table.name),
+                quote_literal(k)
+            ));
         }
         if let (Some(u), Some(Join::Through { table, key, .. })) = (through, &n.join) {
             for k in key {

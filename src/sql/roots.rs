@@ -35,7 +35,13 @@ pub fn effects(plan: &IndexPlan, table: &TableId) -> Vec<Effect> {
     out
 }
 
-fn collect<'a>(plan: &IndexPlan, node: &'a PlanNode, table: &TableId, chain: &mut Vec<&'a PlanNode>, out: &mut Vec<Effect>) {
+fn collect<'a>(
+    plan: &IndexPlan,
+    node: &'a PlanNode,
+    table: &TableId,
+    chain: &mut Vec<&'a PlanNode>,
+    out: &mut Vec<Effect>,
+) {
     chain.push(node);
     let parent = if chain.len() >= 2 {
         Some(chain[chain.len() - 2])
@@ -45,10 +51,27 @@ fn collect<'a>(plan: &IndexPlan, node: &'a PlanNode, table: &TableId, chain: &mu
     if &node.table == table {
         match (parent, &node.join) {
             (None, _) => out.push(Effect::Root),
-            (Some(p), Some(Join::Direct { child_cols, parent_cols })) => {
-                out.push(parent_effect(plan, &chain[..chain.len() - 1], p, child_cols, parent_cols))
-            }
-            (Some(_), Some(Join::Through { to_child, child_cols, .. })) => {
+            (
+                Some(p),
+                Some(Join::Direct {
+                    child_cols,
+                    parent_cols,
+                }),
+            ) => out.push(parent_effect(
+                plan,
+                &chain[..chain.len() - 1],
+                p,
+                child_cols,
+                parent_cols,
+            )),
+            (
+                Some(_),
+                Some(Join::Through {
+                    to_child,
+                    child_cols,
+                    ..
+                }),
+            ) => {
                 // The child row links to join-table rows, which link to the parent: walk from the
                 // join table's rows (`to_child` = child_cols) upwards.
                 out.push(through_child_effect(plan, chain, to_child, child_cols));
@@ -56,9 +79,24 @@ fn collect<'a>(plan: &IndexPlan, node: &'a PlanNode, table: &TableId, chain: &mu
             (Some(_), None) => {}
         }
     }
-    if let (Some(p), Some(Join::Through { table: t, to_parent, parent_cols, .. })) = (parent, &node.join) {
+    if let (
+        Some(p),
+        Some(Join::Through {
+            table: t,
+            to_parent,
+            parent_cols,
+            ..
+        }),
+    ) = (parent, &node.join)
+    {
         if t == table {
-            out.push(parent_effect(plan, &chain[..chain.len() - 1], p, to_parent, parent_cols));
+            out.push(parent_effect(
+                plan,
+                &chain[..chain.len() - 1],
+                p,
+                to_parent,
+                parent_cols,
+            ));
         }
     }
     if node.base_tables.contains(table) {
@@ -71,7 +109,13 @@ fn collect<'a>(plan: &IndexPlan, node: &'a PlanNode, table: &TableId, chain: &mu
 }
 
 /// The changed row's `row_cols` values equal `parent.parent_cols`; `chain` ends at `parent`.
-fn parent_effect(plan: &IndexPlan, chain: &[&PlanNode], parent: &PlanNode, row_cols: &[String], parent_cols: &[String]) -> Effect {
+fn parent_effect(
+    plan: &IndexPlan,
+    chain: &[&PlanNode],
+    parent: &PlanNode,
+    row_cols: &[String],
+    parent_cols: &[String],
+) -> Effect {
     let is_root = chain.len() == 1;
     if is_root && same_set(parent_cols, &parent.key) && parent_cols.len() == parent.key.len() {
         // Reorder values into key order at resolution time: keep row_cols in key order.
@@ -86,7 +130,10 @@ fn parent_effect(plan: &IndexPlan, chain: &[&PlanNode], parent: &PlanNode, row_c
         };
     }
     let alias = format!("a{}", parent.id);
-    let types: Vec<&str> = parent_cols.iter().map(|c| plan.column_type(&parent.table, c)).collect();
+    let types: Vec<&str> = parent_cols
+        .iter()
+        .map(|c| plan.column_type(&parent.table, c))
+        .collect();
     let cond = keys_in_params(&alias, parent_cols, &types, 1);
     Effect::Parent {
         row_cols: row_cols.to_vec(),
@@ -96,15 +143,29 @@ fn parent_effect(plan: &IndexPlan, chain: &[&PlanNode], parent: &PlanNode, row_c
 
 /// A changed child row reached through a join table: its `child_cols` values equal the join
 /// table's `to_child`; the join table rows' parents lead to the roots.
-fn through_child_effect(plan: &IndexPlan, chain: &[&PlanNode], to_child: &[String], child_cols: &[String]) -> Effect {
+fn through_child_effect(
+    plan: &IndexPlan,
+    chain: &[&PlanNode],
+    to_child: &[String],
+    child_cols: &[String],
+) -> Effect {
     let node = chain[chain.len() - 1];
     let parent_chain = &chain[..chain.len() - 1];
     let parent = parent_chain[parent_chain.len() - 1];
-    let Some(Join::Through { table, to_parent, parent_cols, .. }) = &node.join else {
+    let Some(Join::Through {
+        table,
+        to_parent,
+        parent_cols,
+        ..
+    }) = &node.join
+    else {
         return Effect::All;
     };
     let u = format!("w{}", node.id);
-    let types: Vec<&str> = to_child.iter().map(|c| plan.column_type(table, c)).collect();
+    let types: Vec<&str> = to_child
+        .iter()
+        .map(|c| plan.column_type(table, c))
+        .collect();
     let inner = keys_in_params(&u, to_child, &types, 1);
     let alias = format!("a{}", parent.id);
     let cond = format!(
@@ -129,13 +190,23 @@ fn roots_sql(chain: &[&PlanNode], cond: String) -> String {
         let a = format!("a{}", node.id);
         let pa = format!("a{}", parent.id);
         cond = match &node.join {
-            Some(Join::Direct { child_cols, parent_cols }) => format!(
+            Some(Join::Direct {
+                child_cols,
+                parent_cols,
+            }) => format!(
                 "{} IN (SELECT {} FROM {} {a} WHERE {cond})",
                 tuple(&pa, parent_cols),
                 list(&a, child_cols),
                 table_sql(&node.table)
             ),
-            Some(Join::Through { table, to_parent, parent_cols, to_child, child_cols, .. }) => {
+            Some(Join::Through {
+                table,
+                to_parent,
+                parent_cols,
+                to_child,
+                child_cols,
+                ..
+            }) => {
                 let u = format!("w{}", node.id);
                 let on: Vec<String> = to_child
                     .iter()
@@ -156,8 +227,16 @@ fn roots_sql(chain: &[&PlanNode], cond: String) -> String {
     }
     let root = chain[0];
     let a = format!("a{}", root.id);
-    let keys: Vec<String> = root.key.iter().map(|k| format!("{a}.{}::text", quote_ident(k))).collect();
-    format!("SELECT DISTINCT {} FROM {} {a} WHERE {cond}", keys.join(", "), table_sql(&root.table))
+    let keys: Vec<String> = root
+        .key
+        .iter()
+        .map(|k| format!("{a}.{}::text", quote_ident(k)))
+        .collect();
+    format!(
+        "SELECT DISTINCT {} FROM {} {a} WHERE {cond}",
+        keys.join(", "),
+        table_sql(&root.table)
+    )
 }
 
 fn same_set(a: &[String], b: &[String]) -> bool {

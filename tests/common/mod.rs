@@ -141,9 +141,15 @@ impl Workdir {
             toml.push_str(&format!("timeout_secs = {t}\n"));
         }
         toml.push_str("\n[schema]\n");
-        toml.push_str(&format!("path = {}\n", toml_str(&schema.display().to_string())));
+        toml.push_str(&format!(
+            "path = {}\n",
+            toml_str(&schema.display().to_string())
+        ));
         toml.push_str("\n[checkpoint]\n");
-        toml.push_str(&format!("dir = {}\n", toml_str(&state.display().to_string())));
+        toml.push_str(&format!(
+            "dir = {}\n",
+            toml_str(&state.display().to_string())
+        ));
         toml.push_str("\n[documents]\nmeta = false\n");
         std::fs::write(&config, toml).expect("write pgsync.toml");
         Workdir {

@@ -22,7 +22,9 @@ pub type Dump = BTreeMap<String, BTreeMap<String, ExpectedDoc>>;
 /// Parses a fixture dump (`initial.json`, `after.json`, `resync.json`).
 pub fn parse_dump(text: &str) -> Result<Dump, String> {
     let v: Value = serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}"))?;
-    let obj = v.as_object().ok_or("top level is not an object {index: [docs]}")?;
+    let obj = v
+        .as_object()
+        .ok_or("top level is not an object {index: [docs]}")?;
     let mut dump = Dump::new();
     for (index, docs) in obj {
         let docs = docs
@@ -40,7 +42,10 @@ pub fn parse_dump(text: &str) -> Result<Dump, String> {
                 .cloned()
                 .ok_or_else(|| format!("{index}[{i}]: no _source"))?;
             let meta = d.get("_meta").cloned();
-            if by_id.insert(id.clone(), ExpectedDoc { source, meta }).is_some() {
+            if by_id
+                .insert(id.clone(), ExpectedDoc { source, meta })
+                .is_some()
+            {
                 return Err(format!("{index}: duplicate _id {id}"));
             }
         }
@@ -101,8 +106,8 @@ impl ArrayRules {
                 .to_string();
             let mut path = at.to_vec();
             path.push(label);
-            let many = child.pointer("/relationship/type").and_then(Value::as_str)
-                == Some("one_to_many");
+            let many =
+                child.pointer("/relationship/type").and_then(Value::as_str) == Some("one_to_many");
             if many {
                 self.multiset.insert(path.clone());
             }
@@ -157,16 +162,36 @@ pub fn compare_index(
         let mut act_source = act.clone();
         let act_meta = act_source.as_object_mut().and_then(|o| o.remove("_meta"));
         let mut found = vec![];
-        diff_value(&exp.source, &act_source, &mut Vec::new(), &mut String::new(), rules, &mut found);
+        diff_value(
+            &exp.source,
+            &act_source,
+            &mut Vec::new(),
+            &mut String::new(),
+            rules,
+            &mut found,
+        );
         match (&exp.meta, &act_meta) {
-            (Some(e), Some(a)) => {
-                diff_value(e, a, &mut vec!["_meta".into()], &mut "_meta".into(), rules, &mut found)
+            (Some(e), Some(a)) => diff_value(
+                e,
+                a,
+                &mut vec!["_meta".into()],
+                &mut "_meta".into(),
+                rules,
+                &mut found,
+            ),
+            (Some(e), None) => {
+                found.push(("_meta".into(), format!("missing (expected {})", short(e))))
             }
-            (Some(e), None) => found.push(("_meta".into(), format!("missing (expected {})", short(e)))),
-            (None, Some(a)) => found.push(("_meta".into(), format!("unexpected (got {})", short(a)))),
+            (None, Some(a)) => {
+                found.push(("_meta".into(), format!("unexpected (got {})", short(a))))
+            }
             (None, None) => {}
         }
-        diffs.extend(found.into_iter().map(|(path, what)| Diff { id: Some(id.clone()), path, what }));
+        diffs.extend(found.into_iter().map(|(path, what)| Diff {
+            id: Some(id.clone()),
+            path,
+            what,
+        }));
     }
     for (id, act) in actual {
         if !expected.contains_key(id) {
@@ -245,8 +270,14 @@ fn diff_value(
                 path.push_str(&format!("[{i}]"));
                 match (e.get(i), a.get(i)) {
                     (Some(x), Some(y)) => diff_value(x, y, keys, path, rules, out),
-                    (Some(x), None) => out.push((path.clone(), format!("missing element (expected {})", short(x)))),
-                    (None, Some(y)) => out.push((path.clone(), format!("unexpected element (got {})", short(y)))),
+                    (Some(x), None) => out.push((
+                        path.clone(),
+                        format!("missing element (expected {})", short(x)),
+                    )),
+                    (None, Some(y)) => out.push((
+                        path.clone(),
+                        format!("unexpected element (got {})", short(y)),
+                    )),
                     (None, None) => unreachable!(),
                 }
                 path.truncate(len);
@@ -260,9 +291,18 @@ fn diff_value(
         (e, a) if e == a => {}
         (e, a) if kind(e) != kind(a) => out.push((
             path.clone(),
-            format!("expected {} {}, got {} {}", kind(e), short(e), kind(a), short(a)),
+            format!(
+                "expected {} {}, got {} {}",
+                kind(e),
+                short(e),
+                kind(a),
+                short(a)
+            ),
         )),
-        (e, a) => out.push((path.clone(), format!("expected {}, got {}", short(e), short(a)))),
+        (e, a) => out.push((
+            path.clone(),
+            format!("expected {}, got {}", short(e), short(a)),
+        )),
     }
 }
 
@@ -284,8 +324,13 @@ fn diff_object(
         keys.push(name.clone());
         match (e.get(name), a.get(name)) {
             (Some(x), Some(y)) => diff_value(x, y, keys, path, rules, out),
-            (Some(x), None) => out.push((path.clone(), format!("missing field (expected {})", short(x)))),
-            (None, Some(y)) => out.push((path.clone(), format!("unexpected field (got {})", short(y)))),
+            (Some(x), None) => out.push((
+                path.clone(),
+                format!("missing field (expected {})", short(x)),
+            )),
+            (None, Some(y)) => {
+                out.push((path.clone(), format!("unexpected field (got {})", short(y))))
+            }
             (None, None) => unreachable!(),
         }
         keys.pop();
@@ -320,7 +365,10 @@ fn diff_multiset(
     path.push_str("[]");
     for x in e_left {
         if a_left.is_empty() {
-            out.push((path.clone(), format!("missing element (expected {})", short(x))));
+            out.push((
+                path.clone(),
+                format!("missing element (expected {})", short(x)),
+            ));
             continue;
         }
         let best = (0..a_left.len())
@@ -330,7 +378,10 @@ fn diff_multiset(
         diff_value(x, y, keys, path, rules, out);
     }
     for y in a_left {
-        out.push((path.clone(), format!("unexpected element (got {})", short(y))));
+        out.push((
+            path.clone(),
+            format!("unexpected element (got {})", short(y)),
+        ));
     }
     path.truncate(len);
 }
@@ -361,7 +412,14 @@ mod tests {
     fn run(exp: Value, act: Value, schema: Value) -> Vec<String> {
         let rules = ArrayRules::from_schema(&schema, "i");
         let mut out = vec![];
-        diff_value(&exp, &act, &mut vec![], &mut String::new(), &rules, &mut out);
+        diff_value(
+            &exp,
+            &act,
+            &mut vec![],
+            &mut String::new(),
+            &rules,
+            &mut out,
+        );
         out.into_iter().map(|(p, w)| format!("{p}: {w}")).collect()
     }
 
@@ -375,11 +433,16 @@ mod tests {
 
     #[test]
     fn aggregated_arrays_ignore_order_column_arrays_do_not() {
-        let exp = json!({"authors": [{"id": 1, "c": [1, 2]}, {"id": 2, "c": []}], "tags": ["a", "b"]});
-        let act = json!({"authors": [{"id": 2, "c": []}, {"id": 1, "c": [2, 1]}], "tags": ["b", "a"]});
+        let exp =
+            json!({"authors": [{"id": 1, "c": [1, 2]}, {"id": 2, "c": []}], "tags": ["a", "b"]});
+        let act =
+            json!({"authors": [{"id": 2, "c": []}, {"id": 1, "c": [2, 1]}], "tags": ["b", "a"]});
         assert_eq!(
             run(exp, act, schema()),
-            vec![r#"tags[0]: expected "a", got "b""#, r#"tags[1]: expected "b", got "a""#]
+            vec![
+                r#"tags[0]: expected "a", got "b""#,
+                r#"tags[1]: expected "b", got "a""#
+            ]
         );
     }
 
@@ -418,7 +481,10 @@ mod tests {
         )
         .unwrap();
         let mut actual = BTreeMap::new();
-        actual.insert("1".to_string(), json!({"n": 1, "_meta": {"t": {"id": [2, 1]}}}));
+        actual.insert(
+            "1".to_string(),
+            json!({"n": 1, "_meta": {"t": {"id": [2, 1]}}}),
+        );
         actual.insert("3".to_string(), json!({"n": 3}));
         let diffs: Vec<String> = compare_index(&dump["i"], &actual, &ArrayRules::default())
             .iter()

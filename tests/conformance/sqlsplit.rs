@@ -86,7 +86,12 @@ pub fn statements(sql: &str) -> Vec<String> {
             }
             continue;
         }
-        if ch == '$' && !cur.chars().last().is_some_and(|p| p.is_alphanumeric() || p == '_') {
+        if ch == '$'
+            && !cur
+                .chars()
+                .last()
+                .is_some_and(|p| p.is_alphanumeric() || p == '_')
+        {
             // $tag$ ... $tag$ (tag empty or an identifier without `$`).
             let mut j = i + 1;
             while j < c.len() && (c[j].is_alphanumeric() || c[j] == '_') {
