@@ -51,7 +51,7 @@ fn fnv1a(data: &[u8]) -> u64 {
 /// when the readable part is the same (`my-index` vs `my_index`, or database `a_b` + index `c`
 /// vs database `a` + index `b_c`). The readable part never starts with a digit, because
 /// pgwire-replication sends the slot name unquoted in `START_REPLICATION`.
-fn identifier(parts: &[&str], suffix: &str) -> String {
+pub(crate) fn identifier(parts: &[&str], suffix: &str) -> String {
     let mut name: String = parts
         .join("_")
         .chars()
