@@ -36,7 +36,7 @@ psql -X -q -h 127.0.0.1 -p "$pgport" -U postgres -c "CREATE DATABASE bookshop"
 psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$pgport" -U postgres -d bookshop -f examples/book/setup.sql
 
 osmem=$(python3 -c 'import os, osmem_server; print(os.path.join(os.path.dirname(osmem_server.__file__), "bin", "osmem-server"))')
-"$osmem" -addr "127.0.0.1:0" > "$work/osmem.out" 2>"$work/osmem.log" &
+"$osmem" -addr "127.0.0.1:0" -no-stdin-watch -parent-pid $$ > "$work/osmem.out" 2>"$work/osmem.log" &
 pids+=($!)
 for _ in $(seq 100); do grep -q '"url"' "$work/osmem.out" 2>/dev/null && break; sleep 0.1; done
 search=$(python3 -c 'import json,sys; print(json.loads(open(sys.argv[1]).readline())["url"])' "$work/osmem.out")
