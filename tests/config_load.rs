@@ -78,3 +78,24 @@ fn redacted_toml_masks_and_warnings_are_returned() {
     assert!(!toml.contains("espw1"), "{toml}");
     assert_eq!(l.config.postgres.password.as_ref().unwrap().expose(), "0");
 }
+
+#[test]
+fn the_binary_prints_config_warnings_on_stderr() {
+    let dir = tempfile::tempdir().unwrap();
+    let schema = dir.path().join("schema.json");
+    std::fs::write(&schema, "not json").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pgsync"))
+        .args(["validate", "--schema"])
+        .arg(&schema)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("NO_COLOR", "1")
+        .env("PGSYNC_PIPELINE__FETCHRES", "4")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("PGSYNC_PIPELINE__FETCHRES") && stderr.contains("pipeline.fetchres"),
+        "the ignored variable is not reported:\n{stderr}"
+    );
+}
