@@ -42,7 +42,7 @@ async fn validate(cfg: &Config) -> Result<i32> {
             p.spec.index,
             p.spec.database,
             p.nodes().len(),
-            p.tables()
+            p.relations()
                 .iter()
                 .map(|t| t.to_string())
                 .collect::<Vec<_>>()

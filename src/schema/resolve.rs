@@ -336,6 +336,10 @@ pub struct PlanNode {
     pub children: Vec<PlanNode>,
     /// Tables under a view, whose changes affect this node.
     pub base_tables: Vec<TableId>,
+    /// Whether `table` is a table (plain or partitioned) whose row changes can be captured;
+    /// false for a view, materialized view or foreign table, which cannot be published or
+    /// carry triggers (its changes come through `base_tables`).
+    pub capturable: bool,
 }
 
 impl PlanNode {
@@ -386,10 +390,23 @@ impl IndexPlan {
 
 impl IndexPlan {
     /// Every table whose changes can affect a document: node tables, join tables, base tables.
+    /// Views (and other relations without row changes of their own) are not among them: they
+    /// cannot be published or carry triggers.
     pub fn tables(&self) -> Vec<TableId> {
+        self.collect_relations(false)
+    }
+
+    /// Every relation the documents read: [`IndexPlan::tables`] plus node views.
+    pub fn relations(&self) -> Vec<TableId> {
+        self.collect_relations(true)
+    }
+
+    fn collect_relations(&self, with_views: bool) -> Vec<TableId> {
         let mut set = BTreeSet::new();
         self.root.walk(None, &mut |n, _| {
-            set.insert(n.table.clone());
+            if with_views || n.capturable {
+                set.insert(n.table.clone());
+            }
             if let Some(Join::Through { table, .. }) = &n.join {
                 set.insert(table.clone());
             }
@@ -443,7 +460,7 @@ pub fn resolve(
                 routing_field,
                 column_types: HashMap::new(),
             };
-            for t in plan.tables() {
+            for t in plan.relations() {
                 if let Some(info) = catalog.tables.get(&t) {
                     let m = info
                         .columns
@@ -676,6 +693,7 @@ fn resolve_node(
         join,
         children: vec![],
         base_tables,
+        capturable: matches!(info.kind, 'r' | 'p'),
     };
     let mut children = vec![];
     for c in &spec.children {

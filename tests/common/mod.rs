@@ -5,6 +5,8 @@
 //! Use with `mod harness; mod common;` in the test file.
 #![allow(dead_code)]
 
+pub mod daemon;
+
 use crate::harness::{unique_db_name, Postgres};
 use serde_json::Value;
 use std::collections::BTreeMap;

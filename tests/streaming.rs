@@ -1,0 +1,1611 @@
+//! End-to-end streaming: the real `pgsync run` daemon (no `--once`) against a real PostgreSQL (a
+//! fresh database per test holding the `library` fixture) and a private osmem-server. Every test
+//! changes rows while the daemon runs and then waits (polling, with a timeout and a readable diff)
+//! until the search server holds exactly the documents it must:
+//!
+//! - one test per kind of change on the fixture schema, with the documents afterwards written out
+//!   by hand from setup.sql and expected.json;
+//! - random concurrent changes across every table, compared document for document with a fresh
+//!   `pgsync run --once` of the final rows into a second server;
+//! - the same after a SIGKILL in the middle of the stream and a restart;
+//! - SIGTERM drains and exits 0;
+//! - (wal mode) the slot's `confirmed_flush_lsn` passes a change only once it is indexed.
+//!
+//! Every case is a function taking the capture [`Mode`]; [`streaming_cases!`] turns them into
+//! one `#[test]` each for a mode, so another mode is one line: `mod notify { streaming_cases!(Mode::Notify); }`.
+//!
+//! The random tests print their seed; `PGSYNC_TEST_SEED=<seed>` replays the same statements
+//! (their interleaving across threads still varies).
+
+mod common;
+mod harness;
+
+use common::daemon::{
+    active_slots, await_documents, confirmed_flush_lsn, differences, drop_database_and_slots,
+    parse_lsn, poll, set_capture_mode, sql_literal, Daemon, IndexDocs, Mode,
+};
+use common::{expected_documents, library_schema, load_library, PgsyncConfig, Workdir};
+use harness::{shared_postgres, Osmem, Postgres};
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_postgres::SimpleQueryMessage;
+
+/// The indices of the fixture's schema.json.
+const INDICES: [&str; 2] = ["book", "edition"];
+
+/// Longest wait for the daemon to finish its initial sync and start streaming.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Longest wait for a small hand-written change to show in the index.
+const CHANGE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Longest wait for the daemon to catch up after a random workload.
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// One `#[test]` per streaming case for capture mode `$mode`.
+macro_rules! streaming_cases {
+    ($mode:expr) => {
+        #[test]
+        fn a_root_insert_creates_its_document() {
+            $crate::root_insert($mode)
+        }
+
+        #[test]
+        fn a_root_update_rebuilds_its_document() {
+            $crate::root_update($mode)
+        }
+
+        #[test]
+        fn a_root_delete_deletes_its_document() {
+            $crate::root_delete($mode)
+        }
+
+        #[test]
+        fn a_root_key_change_deletes_the_old_id_and_indexes_the_new() {
+            $crate::root_key_change($mode)
+        }
+
+        #[test]
+        fn a_child_update_reindexes_every_document_containing_it() {
+            $crate::child_update_fans_out($mode)
+        }
+
+        #[test]
+        fn a_child_moved_to_another_parent_fixes_both_documents() {
+            $crate::child_moved($mode)
+        }
+
+        #[test]
+        fn a_grandchild_change_reindexes_the_root() {
+            $crate::grandchild_change($mode)
+        }
+
+        #[test]
+        fn a_through_table_insert_update_and_delete_reindex_the_books() {
+            $crate::through_table_changes($mode)
+        }
+
+        #[test]
+        fn truncating_the_root_deletes_every_document() {
+            $crate::truncate_root($mode)
+        }
+
+        #[test]
+        fn truncating_a_child_table_rebuilds_the_affected_documents() {
+            $crate::truncate_child($mode)
+        }
+
+        #[test]
+        fn random_concurrent_changes_end_equal_to_a_fresh_build() {
+            $crate::random_changes($mode)
+        }
+
+        #[test]
+        fn a_daemon_killed_mid_stream_resumes_and_ends_equal_to_a_fresh_build() {
+            $crate::sigkill_mid_stream($mode)
+        }
+
+        #[test]
+        fn sigterm_drains_and_exits_zero_with_the_right_documents() {
+            $crate::sigterm_drains($mode)
+        }
+    };
+}
+
+mod wal {
+    use super::Mode;
+
+    streaming_cases!(Mode::Wal);
+
+    #[test]
+    fn the_slot_confirmed_flush_lsn_passes_a_change_once_it_is_indexed() {
+        super::slot_advances_after_indexing()
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The test bed.
+
+/// The fixture in a fresh database, a private osmem, a work dir configured for `mode`, and the
+/// daemon once started. Dropping it kills the daemon and drops the database with its slots.
+struct Stream {
+    pg: &'static Postgres,
+    db: String,
+    os: Osmem,
+    work: Workdir,
+    mode: Mode,
+    daemon: Option<Daemon>,
+}
+
+impl Stream {
+    /// The fixture, plus `setup` run on it before anything else.
+    fn with_setup(prefix: &str, mode: Mode, setup: &str) -> Stream {
+        let pg = shared_postgres();
+        let db = load_library(pg, prefix);
+        if !setup.is_empty() {
+            pg.psql(&db, setup);
+        }
+        let os = Osmem::start();
+        let work = Workdir::new(
+            &PgsyncConfig::new(pg.port(), os.url()),
+            &library_schema(&db),
+        );
+        set_capture_mode(&work, mode);
+        Stream {
+            pg,
+            db,
+            os,
+            work,
+            mode,
+            daemon: None,
+        }
+    }
+
+    /// The fixture with the daemon streaming and the expected initial documents indexed.
+    fn started(prefix: &str, mode: Mode) -> Stream {
+        let mut s = Stream::with_setup(prefix, mode, "");
+        s.start_daemon();
+        s.expect(&expected_documents(), "initial sync");
+        s
+    }
+
+    /// Starts (or restarts) the daemon and waits until it streams changes of every index.
+    fn start_daemon(&mut self) {
+        assert!(self.daemon.is_none(), "the daemon is already running");
+        let started = Instant::now();
+        let mut d = Daemon::start(&self.work, "daemon.log");
+        let ready = poll(START_TIMEOUT, || {
+            d.check_alive()?;
+            Ok(self.streaming(&d))
+        });
+        match ready {
+            Ok(true) => eprintln!("daemon streaming after {:?}", started.elapsed()),
+            Ok(false) => panic!(
+                "the daemon did not start streaming within {START_TIMEOUT:?}\n{}",
+                d.log_tail()
+            ),
+            Err(e) => panic!("{e}"),
+        }
+        self.daemon = Some(d);
+    }
+
+    /// Whether `d` streams changes of every index: it logged so, and (wal) both slots are read.
+    fn streaming(&self, d: &Daemon) -> bool {
+        let logged = INDICES.iter().all(|i| d.streams(i));
+        match self.mode {
+            Mode::Wal => logged && active_slots(self.pg, &self.db) == INDICES.len(),
+            Mode::Notify => logged,
+        }
+    }
+
+    fn daemon(&mut self) -> &mut Daemon {
+        self.daemon.as_mut().expect("the daemon is running")
+    }
+
+    /// Runs `sql` on the test database (one psql session; wrap several statements in
+    /// BEGIN/COMMIT to make one transaction).
+    fn sql(&self, sql: &str) -> String {
+        self.pg.psql(&self.db, sql)
+    }
+
+    /// Waits until the index holds exactly `expected`.
+    fn expect(&mut self, expected: &IndexDocs, what: &str) {
+        let os = &self.os;
+        let d = self.daemon.as_mut().expect("the daemon is running");
+        await_documents(os, d, expected, CHANGE_TIMEOUT, what);
+    }
+
+    /// Runs `sql`, then waits until the index holds exactly `expected`.
+    fn change(&mut self, sql: &str, expected: &IndexDocs) {
+        self.sql(sql);
+        let what = sql.split_whitespace().collect::<Vec<_>>().join(" ");
+        self.expect(expected, &what);
+    }
+
+    /// Every document of a full `pgsync run --once` of the current rows into a new server.
+    fn fresh_build(&self) -> IndexDocs {
+        let os = Osmem::start();
+        let work = Workdir::new(
+            &PgsyncConfig::new(self.pg.port(), os.url()),
+            &library_schema(&self.db),
+        );
+        work.pgsync(&["run", "--once"])
+            .assert_code(0, "pgsync run --once (fresh build)");
+        INDICES
+            .iter()
+            .map(|i| (i.to_string(), os.all_docs(i)))
+            .collect()
+    }
+
+    /// Waits until the daemon's index equals a fresh build of the current rows.
+    fn expect_fresh_build(&mut self, what: &str) {
+        let fresh = self.fresh_build();
+        eprintln!(
+            "{what}: fresh build has {} book and {} edition documents",
+            fresh["book"].len(),
+            fresh["edition"].len()
+        );
+        assert!(
+            !fresh["book"].is_empty() && !fresh["edition"].is_empty(),
+            "{what}: the workload left an empty index, which proves little; change the workload"
+        );
+        let os = &self.os;
+        let d = self.daemon.as_mut().expect("the daemon is running");
+        await_documents(os, d, &fresh, CATCH_UP_TIMEOUT, what);
+    }
+
+    /// Slot name and checkpoint of every index, from `pgsync status`.
+    fn status(&self) -> Vec<(String, String, Option<u64>)> {
+        let out = self.work.pgsync(&["status"]);
+        out.assert_code(0, "pgsync status");
+        out.stdout
+            .lines()
+            .filter_map(|l| {
+                let index = l.strip_prefix("index ")?.split(':').next()?.to_string();
+                let field = |name: &str| {
+                    l.split_whitespace()
+                        .find_map(|w| w.strip_prefix(name))
+                        .map(String::from)
+                };
+                let slot = l.split_whitespace().nth(3)?.to_string();
+                let checkpoint = field("checkpoint=").filter(|c| c != "none");
+                Some((index, slot, checkpoint.map(|c| parse_lsn(&c))))
+            })
+            .collect()
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        if let Some(mut d) = self.daemon.take() {
+            if std::thread::panicking() {
+                eprintln!("{}", d.log_tail());
+            }
+            d.kill();
+        }
+        drop_database_and_slots(self.pg, &self.db);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Expected documents, edited by hand from expected.json.
+
+fn doc_mut<'a>(docs: &'a mut IndexDocs, index: &str, id: &str) -> &'a mut Value {
+    docs.get_mut(index)
+        .and_then(|d| d.get_mut(id))
+        .unwrap_or_else(|| panic!("no expected document {index}/{id}"))
+}
+
+/// Sets the field at JSON pointer `path` of document `index/id`.
+fn set(docs: &mut IndexDocs, index: &str, id: &str, path: &str, value: Value) {
+    let doc = doc_mut(docs, index, id);
+    *doc.pointer_mut(path)
+        .unwrap_or_else(|| panic!("no field {path} in expected document {index}/{id}")) = value;
+}
+
+/// The value at JSON pointer `path` of document `index/id`.
+fn get(docs: &IndexDocs, index: &str, id: &str, path: &str) -> Value {
+    docs[index][id]
+        .pointer(path)
+        .unwrap_or_else(|| panic!("no field {path} in expected document {index}/{id}"))
+        .clone()
+}
+
+fn remove(docs: &mut IndexDocs, index: &str, id: &str) -> Value {
+    docs.get_mut(index)
+        .and_then(|d| d.remove(id))
+        .unwrap_or_else(|| panic!("no expected document {index}/{id}"))
+}
+
+fn insert(docs: &mut IndexDocs, index: &str, id: &str, doc: Value) {
+    docs.get_mut(index)
+        .expect("index")
+        .insert(id.to_string(), doc);
+}
+
+/// A book document with every column NULL but these, and no children.
+fn bare_book(id: i64, isbn: &str, title: &str, summary: &str) -> Value {
+    json!({
+        "book_id": id, "isbn": isbn, "book_title": title, "price": null,
+        "published_at": null, "updated_at": null, "release": null, "uid": null, "tags": null,
+        "doc_meta": null, "doc_name": null, "doc_a,b,c_4": null, "doc_a,b,label": null,
+        "extra": null, "cover": null, "status": null, "in_print": null, "summary": summary,
+        "publisher": null, "translator": null, "authors": null, "chapters": null,
+        "reviews": null, "rating": null
+    })
+}
+
+// ---------------------------------------------------------------------------
+// One kind of change each.
+
+fn root_insert(mode: Mode) {
+    let mut s = Stream::started("st_root_insert", mode);
+    let mut want = expected_documents();
+
+    insert(
+        &mut want,
+        "book",
+        "5",
+        json!({
+            "book_id": 5, "isbn": "9781402894626", "book_title": "Kafka on the Shore",
+            "price": 11.25, "published_at": null, "updated_at": null, "release": "2005-01-18",
+            "uid": null, "tags": ["surreal"], "doc_meta": null, "doc_name": null,
+            "doc_a,b,c_4": null, "doc_a,b,label": null, "extra": null, "cover": null,
+            "status": "published", "in_print": false,
+            "summary": "Kafka on the Shore / 9781402894626 / published / library",
+            "publisher": {"id": 2, "Name": "Vintage", "HQ city": null},
+            "translator": {"name": "Jay Rubin"},
+            "authors": null, "chapters": null, "reviews": null, "rating": null
+        }),
+    );
+    s.change(
+        "INSERT INTO book (id, isbn, title, publisher_id, translator_id, price, release, tags, status, in_print)
+         VALUES (5, '978-1-4028-9462-6', 'Kafka on the Shore', 2, 6, 11.25, '2005-01-18', '{surreal}', 'published', false)",
+        &want,
+    );
+
+    // A root inserted together with its children in one transaction.
+    let mut book6 = bare_book(
+        6,
+        "12",
+        "Hear the Wind Sing",
+        "Hear the Wind Sing / 12 / library",
+    );
+    book6["authors"] = json!([get(&want, "book", "3", "/authors/0")]);
+    book6["chapters"] = json!(["One"]);
+    insert(&mut want, "book", "6", book6);
+    insert(
+        &mut want,
+        "edition",
+        "6|1",
+        json!({"book_id": 6, "number": 1, "format": "paperback",
+               "book": {"title": "Hear the Wind Sing"}, "printings": null}),
+    );
+    s.change(
+        "BEGIN;
+         INSERT INTO book (id, isbn, title) VALUES (6, '1-2', 'Hear the Wind Sing');
+         INSERT INTO book_author (book_id, author_id, role) VALUES (6, 3, 'author');
+         INSERT INTO chapter (id, book_id, title) VALUES (10, 6, 'One');
+         INSERT INTO edition (book_id, number, format) VALUES (6, 1, 'paperback');
+         COMMIT;",
+        &want,
+    );
+}
+
+fn root_update(mode: Mode) {
+    let mut s = Stream::started("st_root_update", mode);
+    let mut want = expected_documents();
+
+    set(&mut want, "book", "1", "/book_title", json!("War & Peace"));
+    set(&mut want, "book", "1", "/price", json!(13.00));
+    set(&mut want, "book", "1", "/in_print", json!(false));
+    set(&mut want, "book", "1", "/tags", json!(["classic"]));
+    set(
+        &mut want,
+        "book",
+        "1",
+        "/summary",
+        json!("War & Peace / 9780140447934 / published / library"),
+    );
+    // The book is a child in the other index.
+    set(
+        &mut want,
+        "edition",
+        "1|1",
+        "/book/title",
+        json!("War & Peace"),
+    );
+    set(
+        &mut want,
+        "edition",
+        "1|2",
+        "/book/title",
+        json!("War & Peace"),
+    );
+    s.change(
+        "UPDATE book SET title = 'War & Peace', price = 13.00, in_print = false, tags = '{classic}' WHERE id = 1",
+        &want,
+    );
+
+    // Only a foreign key of the root changes: the child it points to now is embedded.
+    set(
+        &mut want,
+        "book",
+        "4",
+        "/translator",
+        json!({"name": "Edith Grossman"}),
+    );
+    s.change("UPDATE book SET translator_id = 4 WHERE id = 4", &want);
+}
+
+fn root_delete(mode: Mode) {
+    let mut s = Stream::started("st_root_delete", mode);
+    let mut want = expected_documents();
+
+    remove(&mut want, "book", "4");
+    s.change("DELETE FROM book WHERE id = 4", &want);
+
+    // A root deleted with its children in one transaction; it was a root in both indices.
+    remove(&mut want, "book", "2");
+    remove(&mut want, "edition", "2|1");
+    s.change(
+        "BEGIN;
+         DELETE FROM chapter WHERE book_id = 2;
+         DELETE FROM book_author WHERE book_id = 2;
+         DELETE FROM edition WHERE book_id = 2;
+         DELETE FROM book WHERE id = 2;
+         COMMIT;",
+        &want,
+    );
+}
+
+fn root_key_change(mode: Mode) {
+    let mut s = Stream::started("st_root_key", mode);
+    let mut want = expected_documents();
+
+    let mut book = remove(&mut want, "book", "4");
+    book["book_id"] = json!(40);
+    insert(&mut want, "book", "40", book);
+    s.change("UPDATE book SET id = 40 WHERE id = 4", &want);
+
+    // A composite key: _id "book_id|number".
+    let mut edition = remove(&mut want, "edition", "2|1");
+    edition["number"] = json!(3);
+    insert(&mut want, "edition", "2|3", edition);
+    s.change(
+        "UPDATE edition SET number = 3 WHERE book_id = 2 AND number = 1",
+        &want,
+    );
+}
+
+fn child_update_fans_out(mode: Mode) {
+    let mut s = Stream::started("st_child_update", mode);
+    let mut want = expected_documents();
+
+    // Murakami is an author of book 3 (through book_author), the mentor of book 3's other
+    // author, and a mentee of book 2's author.
+    set(
+        &mut want,
+        "book",
+        "3",
+        "/authors/0/name",
+        json!("Murakami Haruki"),
+    );
+    set(
+        &mut want,
+        "book",
+        "3",
+        "/authors/1/mentor/name",
+        json!("Murakami Haruki"),
+    );
+    set(
+        &mut want,
+        "book",
+        "2",
+        "/authors/0/mentees/0/name",
+        json!("Murakami Haruki"),
+    );
+    s.change(
+        "UPDATE author SET name = 'Murakami Haruki' WHERE id = 3",
+        &want,
+    );
+
+    // A publisher in another schema, mixed-case table and columns, now used by two books.
+    set(
+        &mut want,
+        "book",
+        "4",
+        "/publisher",
+        json!({"id": 3, "Name": "Alfred A. Knopf", "HQ city": "New York"}),
+    );
+    s.change("UPDATE book SET publisher_id = 3 WHERE id = 4", &want);
+    for id in ["2", "4"] {
+        set(
+            &mut want,
+            "book",
+            id,
+            "/publisher",
+            json!({"id": 3, "Name": "Knopf", "HQ city": null}),
+        );
+    }
+    s.change(
+        r#"UPDATE press."Publisher" SET "Name" = 'Knopf', "HQ city" = NULL WHERE id = 3"#,
+        &want,
+    );
+}
+
+fn child_moved(mode: Mode) {
+    let mut s = Stream::started("st_child_moved", mode);
+    let mut want = expected_documents();
+
+    set(
+        &mut want,
+        "book",
+        "1",
+        "/chapters",
+        json!(["Prologue", "Part I", "第一章"]),
+    );
+    set(&mut want, "book", "3", "/chapters", json!(null));
+    s.change("UPDATE chapter SET book_id = 1 WHERE id = 7", &want);
+
+    // review also feeds the book_rating view.
+    set(
+        &mut want,
+        "book",
+        "2",
+        "/reviews",
+        json!([{"id": 3, "rating": 3, "text": null}]),
+    );
+    set(
+        &mut want,
+        "book",
+        "2",
+        "/rating",
+        json!({"n": 1, "total": 3}),
+    );
+    set(&mut want, "book", "3", "/reviews", json!(null));
+    set(&mut want, "book", "3", "/rating", json!(null));
+    s.change("UPDATE review SET book_id = 2 WHERE id = 3", &want);
+
+    // A child linked by a composite foreign key, moved to another edition.
+    set(&mut want, "edition", "1|2", "/printings", json!(null));
+    set(
+        &mut want,
+        "edition",
+        "3|2",
+        "/printings",
+        json!([
+            {"id": 2, "printed_on": "2008-01-15", "copies": 200000},
+            {"id": 4, "printed_on": "2010-07-07", "copies": null}
+        ]),
+    );
+    s.change(
+        "UPDATE edition_printing SET book_id = 3, edition_number = 2 WHERE id = 2",
+        &want,
+    );
+}
+
+fn grandchild_change(mode: Mode) {
+    let mut s = Stream::started("st_grandchild", mode);
+    let mut want = expected_documents();
+
+    // country under authors, and under authors → mentor.
+    set(
+        &mut want,
+        "book",
+        "3",
+        "/authors/0/country",
+        json!("Nippon"),
+    );
+    set(
+        &mut want,
+        "book",
+        "3",
+        "/authors/1/mentor/country",
+        json!("Nippon"),
+    );
+    s.change(
+        "UPDATE country SET name = 'Nippon' WHERE code = 'JP'",
+        &want,
+    );
+
+    // Jay Rubin's mentor becomes Tolstoy: his mentor object, Murakami's mentees and Tolstoy's
+    // mentees (in book 1) all change.
+    set(
+        &mut want,
+        "book",
+        "3",
+        "/authors/1/mentor",
+        json!({"id": 1, "name": "Leo Tolstoy", "country": "Россия"}),
+    );
+    set(&mut want, "book", "3", "/authors/0/mentees", json!(null));
+    set(
+        &mut want,
+        "book",
+        "1",
+        "/authors/0/mentees",
+        json!([{"id": 5, "name": "Aylmer Maude"}, {"id": 6, "name": "Jay Rubin"}]),
+    );
+    s.change("UPDATE author SET mentor_id = 1 WHERE id = 6", &want);
+
+    // A grandchild's link to its own child changes.
+    set(
+        &mut want,
+        "book",
+        "1",
+        "/authors/0/country",
+        json!("France"),
+    );
+    set(
+        &mut want,
+        "book",
+        "3",
+        "/authors/1/mentor/country",
+        json!("France"),
+    );
+    s.change("UPDATE author SET country_code = 'FR' WHERE id = 1", &want);
+}
+
+fn through_table_changes(mode: Mode) {
+    let mut s = Stream::started("st_through", mode);
+    let mut want = expected_documents();
+
+    let marquez = get(&want, "book", "2", "/authors/0");
+    set(&mut want, "book", "4", "/authors", json!([marquez]));
+    s.change(
+        "INSERT INTO book_author (book_id, author_id, role) VALUES (4, 2, 'editor')",
+        &want,
+    );
+
+    let murakami = get(&want, "book", "3", "/authors/0");
+    set(&mut want, "book", "3", "/authors", json!([murakami]));
+    s.change(
+        "DELETE FROM book_author WHERE book_id = 3 AND author_id = 6",
+        &want,
+    );
+
+    // A join row moved from book 2 to book 1.
+    let tolstoy = get(&want, "book", "1", "/authors/0");
+    set(
+        &mut want,
+        "book",
+        "1",
+        "/authors",
+        json!([tolstoy, marquez]),
+    );
+    set(&mut want, "book", "2", "/authors", json!(null));
+    s.change(
+        "UPDATE book_author SET book_id = 1 WHERE book_id = 2 AND author_id = 2",
+        &want,
+    );
+}
+
+fn truncate_root(mode: Mode) {
+    let mut s = Stream::started("st_truncate_root", mode);
+    let mut want = expected_documents();
+
+    // The root of one index (and its child table) only.
+    want.insert("edition".into(), Default::default());
+    s.change("TRUNCATE edition CASCADE", &want);
+
+    // The root of both: book is the root of one index and a child in the other.
+    want.insert("book".into(), Default::default());
+    s.change("TRUNCATE book CASCADE", &want);
+
+    // Streaming goes on afterwards.
+    insert(
+        &mut want,
+        "book",
+        "7",
+        bare_book(7, "7", "After", "After / 7 / library"),
+    );
+    insert(
+        &mut want,
+        "edition",
+        "7|1",
+        json!({"book_id": 7, "number": 1, "format": "ebook",
+               "book": {"title": "After"}, "printings": null}),
+    );
+    s.change(
+        "BEGIN;
+         INSERT INTO book (id, isbn, title) VALUES (7, '7', 'After');
+         INSERT INTO edition (book_id, number, format) VALUES (7, 1, 'ebook');
+         COMMIT;",
+        &want,
+    );
+}
+
+fn truncate_child(mode: Mode) {
+    let mut s = Stream::started("st_truncate_child", mode);
+    let mut want = expected_documents();
+
+    for id in ["1", "2", "3"] {
+        set(&mut want, "book", id, "/chapters", json!(null));
+    }
+    s.change("TRUNCATE chapter", &want);
+
+    // The join table.
+    for id in ["1", "2", "3"] {
+        set(&mut want, "book", id, "/authors", json!(null));
+    }
+    s.change("TRUNCATE book_author", &want);
+
+    // A child that also feeds a view.
+    for id in ["1", "3"] {
+        set(&mut want, "book", id, "/reviews", json!(null));
+        set(&mut want, "book", id, "/rating", json!(null));
+    }
+    s.change("TRUNCATE review", &want);
+
+    for id in ["1|1", "1|2", "3|1", "3|2"] {
+        set(&mut want, "edition", id, "/printings", json!(null));
+    }
+    s.change("TRUNCATE edition_printing", &want);
+}
+
+// ---------------------------------------------------------------------------
+// Random changes.
+
+/// Foreign keys that cascade, so random deletes and key changes of parents succeed and ripple
+/// through child tables (more changes per transaction, and cascaded ones).
+const CASCADING_FOREIGN_KEYS: &str = r#"
+ALTER TABLE author
+    DROP CONSTRAINT author_country_code_fkey,
+    ADD CONSTRAINT author_country_code_fkey FOREIGN KEY (country_code)
+        REFERENCES country (code) ON UPDATE CASCADE ON DELETE SET NULL,
+    DROP CONSTRAINT author_mentor_id_fkey,
+    ADD CONSTRAINT author_mentor_id_fkey FOREIGN KEY (mentor_id)
+        REFERENCES author (id) ON UPDATE CASCADE ON DELETE SET NULL;
+ALTER TABLE book
+    DROP CONSTRAINT book_publisher_id_fkey,
+    ADD CONSTRAINT book_publisher_id_fkey FOREIGN KEY (publisher_id)
+        REFERENCES press."Publisher" (id) ON UPDATE CASCADE ON DELETE SET NULL,
+    DROP CONSTRAINT book_translator_id_fkey,
+    ADD CONSTRAINT book_translator_id_fkey FOREIGN KEY (translator_id)
+        REFERENCES author (id) ON UPDATE CASCADE ON DELETE SET NULL;
+ALTER TABLE book_author
+    DROP CONSTRAINT book_author_book_id_fkey,
+    ADD CONSTRAINT book_author_book_id_fkey FOREIGN KEY (book_id)
+        REFERENCES book (id) ON UPDATE CASCADE ON DELETE CASCADE,
+    DROP CONSTRAINT book_author_author_id_fkey,
+    ADD CONSTRAINT book_author_author_id_fkey FOREIGN KEY (author_id)
+        REFERENCES author (id) ON UPDATE CASCADE ON DELETE CASCADE;
+ALTER TABLE chapter
+    DROP CONSTRAINT chapter_book_id_fkey,
+    ADD CONSTRAINT chapter_book_id_fkey FOREIGN KEY (book_id)
+        REFERENCES book (id) ON UPDATE CASCADE ON DELETE CASCADE;
+ALTER TABLE review
+    DROP CONSTRAINT review_book_id_fkey,
+    ADD CONSTRAINT review_book_id_fkey FOREIGN KEY (book_id)
+        REFERENCES book (id) ON UPDATE CASCADE ON DELETE CASCADE;
+ALTER TABLE edition
+    DROP CONSTRAINT edition_book_id_fkey,
+    ADD CONSTRAINT edition_book_id_fkey FOREIGN KEY (book_id)
+        REFERENCES book (id) ON UPDATE CASCADE ON DELETE CASCADE;
+ALTER TABLE edition_printing
+    DROP CONSTRAINT edition_printing_book_id_edition_number_fkey,
+    ADD CONSTRAINT edition_printing_book_id_edition_number_fkey FOREIGN KEY (book_id, edition_number)
+        REFERENCES edition (book_id, number) ON UPDATE CASCADE ON DELETE CASCADE;
+"#;
+
+/// SplitMix64: a small seeded generator, enough to pick random statements reproducibly.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n`.
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    /// Uniform in `lo..=hi`.
+    fn int(&mut self, lo: i64, hi: i64) -> i64 {
+        lo + self.below((hi - lo + 1) as u64) as i64
+    }
+
+    /// True `percent` % of the time.
+    fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+
+    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.below(items.len() as u64) as usize]
+    }
+}
+
+/// `PGSYNC_TEST_SEED`, else one from the clock; printed so a failure can be replayed.
+fn seed(what: &str) -> u64 {
+    let seed = std::env::var("PGSYNC_TEST_SEED")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(42)
+        });
+    eprintln!("{what}: seed {seed} (replay with PGSYNC_TEST_SEED={seed})");
+    seed
+}
+
+const COUNTRIES: &[&str] = &["CO", "FR", "JP", "RU", "US", "DE", "IT", "BR"];
+const WORDS: &[&str] = &[
+    "Night",
+    "Café",
+    "O'Neil",
+    "森",
+    "Ставка",
+    "river",
+    "Zoë",
+    "and",
+    "the",
+    "🙂",
+    "a, b",
+];
+const STATUSES: &[&str] = &["NULL", "'draft'", "'published'", "'out_of_print'"];
+const BOOLS: &[&str] = &["NULL", "true", "false"];
+
+fn words(rng: &mut Rng) -> String {
+    let n = 1 + rng.below(3);
+    let w: Vec<&str> = (0..n).map(|_| *rng.pick(WORDS)).collect();
+    sql_literal(&w.join(" "))
+}
+
+/// NULL one time in five, else `value(rng)`.
+fn maybe(rng: &mut Rng, value: impl FnOnce(&mut Rng) -> String) -> String {
+    if rng.chance(20) {
+        "NULL".into()
+    } else {
+        value(rng)
+    }
+}
+
+fn date(rng: &mut Rng) -> String {
+    format!(
+        "'{}-{:02}-{:02}'",
+        rng.int(1800, 2024),
+        rng.int(1, 12),
+        rng.int(1, 28)
+    )
+}
+
+/// One random statement on one table of the fixture. Inserts and moves only reference rows that
+/// exist (through `SELECT ... WHERE`), so most statements succeed; the rest fail on races with
+/// other threads (unique, foreign key, deadlock), and their transaction is rolled back.
+fn random_statement(rng: &mut Rng) -> String {
+    if rng.below(300) == 0 {
+        let t = rng.pick(&["chapter", "review", "book_author", "edition_printing"]);
+        return format!("TRUNCATE {t}");
+    }
+    // 0..45 insert, 45..80 update, 80..90 delete, 90..100 key change (or move).
+    let op = rng.below(100);
+    let kind = if op < 45 {
+        0
+    } else if op < 80 {
+        1
+    } else if op < 90 {
+        2
+    } else {
+        3
+    };
+    let (b, b2) = (rng.int(1, 30), rng.int(1, 30));
+    let (a, a2) = (rng.int(1, 16), rng.int(1, 16));
+    let (p, p2) = (rng.int(1, 6), rng.int(1, 6));
+    let (c, c2) = (*rng.pick(COUNTRIES), *rng.pick(COUNTRIES));
+    let (n, n2) = (rng.int(1, 3), rng.int(1, 3));
+    let (id, id2) = (rng.int(1, 60), rng.int(1, 60));
+    let publisher_of = |p: i64| format!(r#"(SELECT id FROM press."Publisher" WHERE id = {p})"#);
+    let author_of = |a: i64| format!("(SELECT id FROM author WHERE id = {a})");
+    let country_of = |c: &str| format!("(SELECT code FROM country WHERE code = '{c}')");
+    match rng.below(18) {
+        // press."Publisher"
+        0 => match kind {
+            0 => format!(
+                r#"INSERT INTO press."Publisher" (id, "Name", "HQ city") VALUES ({p}, {}, {}) ON CONFLICT (id) DO NOTHING"#,
+                words(rng),
+                maybe(rng, words)
+            ),
+            1 if rng.chance(50) => format!(
+                r#"UPDATE press."Publisher" SET "Name" = {} WHERE id = {p}"#,
+                words(rng)
+            ),
+            1 => format!(
+                r#"UPDATE press."Publisher" SET "HQ city" = {} WHERE id = {p}"#,
+                maybe(rng, words)
+            ),
+            2 => format!(r#"DELETE FROM press."Publisher" WHERE id = {p}"#),
+            _ => format!(
+                r#"UPDATE press."Publisher" SET id = {p2} WHERE id = {p} AND NOT EXISTS (SELECT 1 FROM press."Publisher" WHERE id = {p2})"#
+            ),
+        },
+        // country
+        1 => match kind {
+            0 => format!(
+                "INSERT INTO country (code, name) VALUES ('{c}', {}) ON CONFLICT (code) DO NOTHING",
+                words(rng)
+            ),
+            1 => format!(
+                "UPDATE country SET name = {} WHERE code = '{c}'",
+                words(rng)
+            ),
+            2 => format!("DELETE FROM country WHERE code = '{c}'"),
+            _ => format!(
+                "UPDATE country SET code = '{c2}' WHERE code = '{c}' AND NOT EXISTS (SELECT 1 FROM country WHERE code = '{c2}')"
+            ),
+        },
+        // author
+        2 | 3 => match kind {
+            0 => format!(
+                "INSERT INTO author (id, name, country_code, mentor_id, born) VALUES ({a}, {}, {}, {}, {}) ON CONFLICT (id) DO NOTHING",
+                words(rng),
+                country_of(c),
+                author_of(a2),
+                maybe(rng, date)
+            ),
+            1 => match rng.below(4) {
+                0 => format!("UPDATE author SET name = {} WHERE id = {a}", words(rng)),
+                1 => format!(
+                    "UPDATE author SET country_code = {} WHERE id = {a}",
+                    country_of(c)
+                ),
+                2 => format!(
+                    "UPDATE author SET mentor_id = {} WHERE id = {a}",
+                    author_of(a2)
+                ),
+                _ => format!(
+                    "UPDATE author SET born = {} WHERE id = {a}",
+                    maybe(rng, date)
+                ),
+            },
+            2 => format!("DELETE FROM author WHERE id = {a}"),
+            _ => format!(
+                "UPDATE author SET id = {a2} WHERE id = {a} AND NOT EXISTS (SELECT 1 FROM author WHERE id = {a2})"
+            ),
+        },
+        // book
+        4..=6 => match kind {
+            0 => format!(
+                "INSERT INTO book (id, isbn, title, publisher_id, translator_id, price, published_at, \
+                 updated_at, release, uid, tags, doc, status, in_print) VALUES ({b}, '978-{}', {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}) \
+                 ON CONFLICT (id) DO NOTHING",
+                rng.int(0, 99_999),
+                words(rng),
+                publisher_of(p),
+                author_of(a),
+                maybe(rng, |r| format!("{}.{:02}", r.int(0, 99), r.int(0, 99))),
+                maybe(rng, |r| format!("'2001-02-03 04:05:{:02}.5'", r.int(0, 59))),
+                maybe(rng, |r| format!("'2020-01-02 03:04:05+0{}'", r.int(0, 9))),
+                maybe(rng, date),
+                maybe(rng, |_| "gen_random_uuid()".into()),
+                maybe(rng, |r| format!("ARRAY[{}, {}]", words(r), words(r))),
+                maybe(rng, |r| format!(
+                    r#"'{{"name": "n{}", "meta": {{"pages": {}}}, "a": {{"b": {{"c": [1, 2, 3, 4, {}], "label": "l"}}}}}}'"#,
+                    r.int(0, 9),
+                    r.int(1, 999),
+                    r.int(0, 99)
+                )),
+                rng.pick(STATUSES),
+                rng.pick(BOOLS)
+            ),
+            1 => {
+                let set = match rng.below(8) {
+                    0 => format!("title = {}", words(rng)),
+                    1 => format!("isbn = '{}-{}'", rng.int(0, 999), rng.int(0, 999)),
+                    2 => format!(
+                        "price = {}",
+                        maybe(rng, |r| format!("{}.{:02}", r.int(0, 99), r.int(0, 99)))
+                    ),
+                    3 => format!(
+                        "status = {}, in_print = {}",
+                        rng.pick(STATUSES),
+                        rng.pick(BOOLS)
+                    ),
+                    4 => format!("publisher_id = {}", publisher_of(p)),
+                    5 => format!("translator_id = {}", author_of(a)),
+                    6 => format!(
+                        "tags = {}",
+                        maybe(rng, |r| format!("ARRAY[{}]", words(r)))
+                    ),
+                    _ => format!(
+                        "doc = {}",
+                        maybe(rng, |r| format!(r#"'{{"name": "m{}"}}'"#, r.int(0, 9)))
+                    ),
+                };
+                format!("UPDATE book SET {set} WHERE id = {b}")
+            }
+            2 => format!("DELETE FROM book WHERE id = {b}"),
+            _ => format!(
+                "UPDATE book SET id = {b2} WHERE id = {b} AND NOT EXISTS (SELECT 1 FROM book WHERE id = {b2})"
+            ),
+        },
+        // book_author (through table)
+        7 | 8 => match kind {
+            0 => format!(
+                "INSERT INTO book_author (book_id, author_id, role) SELECT b.id, a.id, {} FROM book b, author a \
+                 WHERE b.id = {b} AND a.id = {a} ON CONFLICT DO NOTHING",
+                words(rng)
+            ),
+            1 => format!(
+                "UPDATE book_author SET role = {} WHERE book_id = {b} AND author_id = {a}",
+                words(rng)
+            ),
+            2 if rng.chance(20) => format!("DELETE FROM book_author WHERE book_id = {b}"),
+            2 => format!("DELETE FROM book_author WHERE book_id = {b} AND author_id = {a}"),
+            _ if rng.chance(50) => format!(
+                "UPDATE book_author SET book_id = {b2} WHERE book_id = {b} AND author_id = {a} \
+                 AND EXISTS (SELECT 1 FROM book WHERE id = {b2}) \
+                 AND NOT EXISTS (SELECT 1 FROM book_author WHERE book_id = {b2} AND author_id = {a})"
+            ),
+            _ => format!(
+                "UPDATE book_author SET author_id = {a2} WHERE book_id = {b} AND author_id = {a} \
+                 AND EXISTS (SELECT 1 FROM author WHERE id = {a2}) \
+                 AND NOT EXISTS (SELECT 1 FROM book_author WHERE book_id = {b} AND author_id = {a2})"
+            ),
+        },
+        // chapter
+        9 | 10 => match kind {
+            0 => format!(
+                "INSERT INTO chapter (id, book_id, title) SELECT {id}, id, {} FROM book WHERE id = {b} ON CONFLICT (id) DO NOTHING",
+                maybe(rng, words)
+            ),
+            1 if rng.chance(50) => format!(
+                "UPDATE chapter SET title = {} WHERE id = {id}",
+                maybe(rng, words)
+            ),
+            1 => format!(
+                "UPDATE chapter SET book_id = {b} WHERE id = {id} AND EXISTS (SELECT 1 FROM book WHERE id = {b})"
+            ),
+            2 => format!("DELETE FROM chapter WHERE id = {id}"),
+            _ => format!(
+                "UPDATE chapter SET id = {id2} WHERE id = {id} AND NOT EXISTS (SELECT 1 FROM chapter WHERE id = {id2})"
+            ),
+        },
+        // review (also the base table of the book_rating view)
+        11 => match kind {
+            0 => format!(
+                "INSERT INTO review (id, book_id, rating, body) SELECT {id}, id, {}, {} FROM book WHERE id = {b} ON CONFLICT (id) DO NOTHING",
+                rng.int(1, 5),
+                maybe(rng, words)
+            ),
+            1 if rng.chance(50) => format!(
+                "UPDATE review SET rating = {}, body = {} WHERE id = {id}",
+                rng.int(1, 5),
+                maybe(rng, words)
+            ),
+            1 => format!(
+                "UPDATE review SET book_id = {b} WHERE id = {id} AND EXISTS (SELECT 1 FROM book WHERE id = {b})"
+            ),
+            2 => format!("DELETE FROM review WHERE id = {id}"),
+            _ => format!(
+                "UPDATE review SET id = {id2} WHERE id = {id} AND NOT EXISTS (SELECT 1 FROM review WHERE id = {id2})"
+            ),
+        },
+        // edition (root of the second index)
+        12..=14 => match kind {
+            0 => format!(
+                "INSERT INTO edition (book_id, number, format) SELECT id, {n}, {} FROM book WHERE id = {b} ON CONFLICT DO NOTHING",
+                words(rng)
+            ),
+            1 => format!(
+                "UPDATE edition SET format = {} WHERE book_id = {b} AND number = {n}",
+                words(rng)
+            ),
+            2 => format!("DELETE FROM edition WHERE book_id = {b} AND number = {n}"),
+            _ if rng.chance(50) => format!(
+                "UPDATE edition SET number = {n2} WHERE book_id = {b} AND number = {n} \
+                 AND NOT EXISTS (SELECT 1 FROM edition WHERE book_id = {b} AND number = {n2})"
+            ),
+            _ => format!(
+                "UPDATE edition SET book_id = {b2} WHERE book_id = {b} AND number = {n} \
+                 AND EXISTS (SELECT 1 FROM book WHERE id = {b2}) \
+                 AND NOT EXISTS (SELECT 1 FROM edition WHERE book_id = {b2} AND number = {n})"
+            ),
+        },
+        // edition_printing (composite foreign key)
+        _ => match kind {
+            0 => format!(
+                "INSERT INTO edition_printing (id, book_id, edition_number, printed_on, copies) \
+                 SELECT {id}, book_id, number, {}, {} FROM edition WHERE book_id = {b} AND number = {n} \
+                 ON CONFLICT (id) DO NOTHING",
+                date(rng),
+                maybe(rng, |r| r.int(1, 100_000).to_string())
+            ),
+            1 if rng.chance(50) => format!(
+                "UPDATE edition_printing SET copies = {}, printed_on = {} WHERE id = {id}",
+                maybe(rng, |r| r.int(1, 100_000).to_string()),
+                date(rng)
+            ),
+            1 => format!(
+                "UPDATE edition_printing SET book_id = {b}, edition_number = {n} WHERE id = {id} \
+                 AND EXISTS (SELECT 1 FROM edition WHERE book_id = {b} AND number = {n})"
+            ),
+            2 => format!("DELETE FROM edition_printing WHERE id = {id}"),
+            _ => format!(
+                "UPDATE edition_printing SET id = {id2} WHERE id = {id} \
+                 AND NOT EXISTS (SELECT 1 FROM edition_printing WHERE id = {id2})"
+            ),
+        },
+    }
+}
+
+/// What a random workload did.
+#[derive(Debug, Default, Clone, Copy)]
+struct WorkloadStats {
+    committed: usize,
+    rolled_back: usize,
+    statements: usize,
+    /// Statements of committed transactions that changed at least one row.
+    effective: usize,
+}
+
+/// Errors a random transaction may hit because of other threads; anything else is a bug of
+/// the generator (and would silently weaken the test), so it fails the test.
+const EXPECTED_SQLSTATES: &[&str] = &["23505", "23503", "40P01", "40001", "55P03"];
+
+/// Threads applying random transactions of 1 to 4 statements concurrently, each on its own
+/// connection. They run only as many transactions as [`Workload::grant`] allowed, so a test
+/// decides what happens between which changes whatever the speed of the machine.
+struct Workload {
+    budget: Arc<AtomicUsize>,
+    finished: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<WorkloadStats>>,
+    granted: usize,
+    started: Instant,
+}
+
+impl Workload {
+    fn start(s: &Stream, seed: u64, threads: usize) -> Workload {
+        let budget = Arc::new(AtomicUsize::new(0));
+        let finished = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let port = s.pg.port();
+        let handles = (0..threads)
+            .map(|t| {
+                let db = s.db.clone();
+                let (budget, finished, stop) = (budget.clone(), finished.clone(), stop.clone());
+                let mut rng = Rng(seed ^ (t as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03));
+                std::thread::spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .expect("tokio runtime");
+                    rt.block_on(worker(port, db, &mut rng, budget, finished, stop))
+                })
+            })
+            .collect();
+        Workload {
+            budget,
+            finished,
+            stop,
+            threads: handles,
+            granted: 0,
+            started: Instant::now(),
+        }
+    }
+
+    /// Lets the threads run `n` more transactions.
+    fn grant(&mut self, n: usize) {
+        self.granted += n;
+        self.budget.fetch_add(n, Ordering::SeqCst);
+    }
+
+    /// Waits until `n` transactions have ended (committed or rolled back). Polls every
+    /// millisecond, so the caller acts while the rest of a grant is still running.
+    fn wait_finished(&self, n: usize) {
+        assert!(n <= self.granted, "waiting for more than was granted");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.finished.load(Ordering::SeqCst) < n {
+            assert!(
+                !self.threads.iter().any(|t| t.is_finished()),
+                "a workload thread ended early (see its panic above)"
+            );
+            assert!(
+                Instant::now() < deadline,
+                "the workload did not get through {n} transactions within 60 s"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Waits for every granted transaction, stops the threads, and checks most committed (a
+    /// generator whose statements all fail tests nothing).
+    fn finish(self) -> WorkloadStats {
+        self.wait_finished(self.granted);
+        self.stop.store(true, Ordering::SeqCst);
+        let mut total = WorkloadStats::default();
+        for h in self.threads {
+            let s = h.join().expect("a workload thread panicked");
+            total.committed += s.committed;
+            total.rolled_back += s.rolled_back;
+            total.statements += s.statements;
+            total.effective += s.effective;
+        }
+        eprintln!(
+            "workload: {} statements ({} changed rows) in {} committed and {} rolled-back transactions, {:?}",
+            total.statements,
+            total.effective,
+            total.committed,
+            total.rolled_back,
+            self.started.elapsed()
+        );
+        assert!(
+            total.committed >= (total.committed + total.rolled_back) * 3 / 4
+                && total.effective >= total.statements / 5,
+            "too few random statements changed anything: {total:?}"
+        );
+        total
+    }
+}
+
+async fn worker(
+    port: u16,
+    db: String,
+    rng: &mut Rng,
+    budget: Arc<AtomicUsize>,
+    finished: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+) -> WorkloadStats {
+    let (client, conn) = tokio_postgres::connect(
+        &format!("host=127.0.0.1 port={port} user=postgres dbname={db}"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .expect("workload connection");
+    tokio::spawn(conn);
+    client
+        .batch_execute("SET deadlock_timeout = '20ms'; SET lock_timeout = '10s'")
+        .await
+        .expect("session settings");
+    let mut stats = WorkloadStats::default();
+    loop {
+        let took = budget
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |b| b.checked_sub(1))
+            .is_ok();
+        if !took {
+            if stop.load(Ordering::SeqCst) {
+                return stats;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            continue;
+        }
+        let n = 1 + rng.below(4);
+        let mut sql = String::from("BEGIN;\n");
+        for _ in 0..n {
+            sql.push_str(&random_statement(rng));
+            sql.push_str(";\n");
+        }
+        sql.push_str("COMMIT;");
+        stats.statements += n as usize;
+        match client.simple_query(&sql).await {
+            Ok(messages) => {
+                stats.committed += 1;
+                // BEGIN and COMMIT report 0 rows; TRUNCATE too, so it does not count.
+                stats.effective += messages
+                    .iter()
+                    .filter(|m| matches!(m, SimpleQueryMessage::CommandComplete(n) if *n > 0))
+                    .count();
+            }
+            Err(e) => {
+                let code = e.code().map(|c| c.code().to_string());
+                assert!(
+                    code.as_deref()
+                        .is_some_and(|c| EXPECTED_SQLSTATES.contains(&c)),
+                    "random transaction failed unexpectedly ({code:?}): {e}\n{sql}"
+                );
+                client.batch_execute("ROLLBACK").await.expect("rollback");
+                stats.rolled_back += 1;
+            }
+        }
+        finished.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+fn random_changes(mode: Mode) {
+    let seed = seed("random changes");
+    let mut s = Stream::with_setup("st_random", mode, CASCADING_FOREIGN_KEYS);
+    s.start_daemon();
+    s.expect(&expected_documents(), "initial sync");
+
+    let mut work = Workload::start(&s, seed, 4);
+    work.grant(1500);
+    work.finish();
+
+    s.expect_fresh_build("random changes");
+}
+
+fn sigkill_mid_stream(mode: Mode) {
+    let seed = seed("SIGKILL mid-stream");
+    let mut s = Stream::with_setup("st_sigkill", mode, CASCADING_FOREIGN_KEYS);
+    s.start_daemon();
+    s.expect(&expected_documents(), "initial sync");
+
+    let mut work = Workload::start(&s, seed, 3);
+    // Killed while changes flow: half of the first batch is done, half is still to come.
+    work.grant(400);
+    work.wait_finished(200);
+    s.daemon().kill();
+    s.daemon = None;
+    eprintln!(
+        "SIGKILL after {} of 400 transactions",
+        work.finished.load(Ordering::SeqCst)
+    );
+    // Changes go on while it is down, and after it is back.
+    work.grant(400);
+    work.wait_finished(800);
+    s.start_daemon();
+    work.grant(400);
+    work.finish();
+
+    s.expect_fresh_build("after SIGKILL and restart");
+}
+
+// ---------------------------------------------------------------------------
+// Stopping.
+
+fn sigterm_drains(mode: Mode) {
+    let mut s = Stream::started("st_sigterm", mode);
+
+    // 20 small transactions, then one touching both indices, then SIGTERM right away: the
+    // daemon has taken in some prefix of them. Every state the rows pass through is listed.
+    let mut states = vec![expected_documents()];
+    let mut now = expected_documents();
+    let mut sql = vec![];
+    let mut chapters = vec![json!("Capítulo 1"), json!(null)];
+    for i in 0..20 {
+        sql.push(format!(
+            "INSERT INTO chapter (id, book_id, title) VALUES ({}, 2, 'Extra {i:02}')",
+            100 + i
+        ));
+        chapters.push(json!(format!("Extra {i:02}")));
+        set(&mut now, "book", "2", "/chapters", json!(chapters));
+        states.push(now.clone());
+    }
+    sql.push(
+        "BEGIN;
+         UPDATE book SET title = 'Voina i mir' WHERE id = 1;
+         UPDATE author SET name = 'H. Murakami' WHERE id = 3;
+         DELETE FROM book WHERE id = 4;
+         COMMIT;"
+            .into(),
+    );
+    set(&mut now, "book", "1", "/book_title", json!("Voina i mir"));
+    set(
+        &mut now,
+        "book",
+        "1",
+        "/summary",
+        json!("Voina i mir / 9780140447934 / published / True / library"),
+    );
+    set(
+        &mut now,
+        "edition",
+        "1|1",
+        "/book/title",
+        json!("Voina i mir"),
+    );
+    set(
+        &mut now,
+        "edition",
+        "1|2",
+        "/book/title",
+        json!("Voina i mir"),
+    );
+    set(
+        &mut now,
+        "book",
+        "3",
+        "/authors/0/name",
+        json!("H. Murakami"),
+    );
+    set(
+        &mut now,
+        "book",
+        "3",
+        "/authors/1/mentor/name",
+        json!("H. Murakami"),
+    );
+    set(
+        &mut now,
+        "book",
+        "2",
+        "/authors/0/mentees/0/name",
+        json!("H. Murakami"),
+    );
+    remove(&mut now, "book", "4");
+    states.push(now.clone());
+    let last = now;
+
+    for stmt in &sql {
+        s.sql(stmt);
+    }
+    let status = s.daemon().terminate(Duration::from_secs(30));
+    assert!(
+        status.success(),
+        "SIGTERM must drain and exit 0, got {status}\n{}",
+        s.daemon().log_tail()
+    );
+    let log = s.daemon().log();
+    s.daemon = None;
+
+    // Nothing half-written: every document is as in one of the states (a rebuilt document
+    // reflects the rows when it was fetched, so documents may come from different states).
+    let mut problems = vec![];
+    for index in INDICES {
+        let found = s.os.all_docs(index);
+        let mut ids: std::collections::BTreeSet<&String> = found.keys().collect();
+        ids.extend(states.iter().flat_map(|st| st[index].keys()));
+        for id in ids {
+            let f = found.get(id);
+            let matches = states.iter().any(|st| match (st[index].get(id), f) {
+                (None, None) => true,
+                (Some(x), Some(f)) => common::json_eq(x, f),
+                _ => false,
+            });
+            if !matches {
+                problems.push(format!(
+                    "{index}/{id}: found {f:?}, which is in no state the rows passed through"
+                ));
+            }
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "after SIGTERM:\n  {}\n{log}",
+        problems.join("\n  ")
+    );
+    assert_eq!(
+        active_slots(s.pg, &s.db),
+        0,
+        "the daemon exited, yet a slot is still active"
+    );
+
+    // A restart streams whatever was left, and an idle SIGTERM leaves the documents as they are.
+    s.start_daemon();
+    s.expect(&last, "after restart");
+    let status = s.daemon().terminate(Duration::from_secs(30));
+    assert!(
+        status.success(),
+        "SIGTERM of an idle daemon must exit 0, got {status}\n{}",
+        s.daemon().log_tail()
+    );
+    s.daemon = None;
+    let left = differences(&s.os, &last);
+    assert!(
+        left.is_empty(),
+        "after the second SIGTERM:\n  {}",
+        left.join("\n  ")
+    );
+}
+
+// ---------------------------------------------------------------------------
+// The replication slot (wal mode).
+
+fn slot_advances_after_indexing() {
+    let mut s = Stream::started("st_slot_lsn", Mode::Wal);
+    let slots: Vec<(String, String)> = s
+        .status()
+        .into_iter()
+        .map(|(index, slot, _)| (index, slot))
+        .collect();
+    assert_eq!(
+        slots.iter().map(|(i, _)| i.as_str()).collect::<Vec<_>>(),
+        INDICES,
+        "pgsync status should list both indices"
+    );
+
+    // A probe slot decodes the change to learn the exact end of its commit record, the position
+    // pgoutput gives the daemon for it.
+    let probe = format!("probe_{}", s.db);
+    s.sql(&format!(
+        "SELECT 'created' FROM pg_create_logical_replication_slot({}, 'test_decoding')",
+        sql_literal(&probe)
+    ));
+    // The test server runs with synchronous_commit off; this commit waits for its flush, so
+    // the probe (which decodes only flushed WAL) sees it at once.
+    let xid = s.sql(
+        "BEGIN;
+         SET LOCAL synchronous_commit = on;
+         UPDATE book SET title = 'Anna Karenina' WHERE id = 1;
+         SELECT txid_current() % 4294967296;
+         COMMIT;",
+    );
+    let commit_end = s.sql(&format!(
+        "SELECT lsn FROM pg_logical_slot_peek_changes({}, NULL, NULL) \
+         WHERE xid::text = {} AND data LIKE 'COMMIT%';
+         SELECT pg_drop_replication_slot({});",
+        sql_literal(&probe),
+        sql_literal(xid.trim()),
+        sql_literal(&probe)
+    ));
+    let commit_end = match commit_end.lines().next() {
+        Some(l) if !l.is_empty() => parse_lsn(l),
+        _ => {
+            panic!("the probe slot did not decode the commit of transaction {xid}: {commit_end:?}")
+        }
+    };
+
+    let mut want = expected_documents();
+    set(
+        &mut want,
+        "book",
+        "1",
+        "/book_title",
+        json!("Anna Karenina"),
+    );
+    set(
+        &mut want,
+        "book",
+        "1",
+        "/summary",
+        json!("Anna Karenina / 9780140447934 / published / True / library"),
+    );
+    set(
+        &mut want,
+        "edition",
+        "1|1",
+        "/book/title",
+        json!("Anna Karenina"),
+    );
+    set(
+        &mut want,
+        "edition",
+        "1|2",
+        "/book/title",
+        json!("Anna Karenina"),
+    );
+
+    // Watch every slot until it passes the commit; the moment it does, the index must already
+    // hold the change (the slot may advance only over written documents).
+    for (index, slot) in &slots {
+        let mut index_want = IndexDocs::new();
+        index_want.insert(index.clone(), want[index].clone());
+        let mut seen = None;
+        let passed = poll(CHANGE_TIMEOUT, || {
+            s.daemon().check_alive()?;
+            let lsn = confirmed_flush_lsn(s.pg, slot);
+            seen = lsn;
+            if lsn.is_some_and(|l| l >= commit_end) {
+                let diff = differences(&s.os, &index_want);
+                if !diff.is_empty() {
+                    return Err(format!(
+                        "slot {slot} confirmed {:X} past the commit at {commit_end:X} before index {index} held the change:\n  {}",
+                        lsn.unwrap(),
+                        diff.join("\n  ")
+                    ));
+                }
+                return Ok(true);
+            }
+            Ok(false)
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            passed,
+            "slot {slot} never confirmed the commit at {commit_end:X} (last confirmed_flush_lsn {seen:X?})\n{}",
+            s.daemon().log_tail()
+        );
+    }
+    s.expect(&want, "the change");
+
+    // The stored checkpoints have passed it too.
+    let ok = poll(CHANGE_TIMEOUT, || {
+        Ok(s.status()
+            .iter()
+            .all(|(_, _, cp)| cp.is_some_and(|c| c >= commit_end)))
+    })
+    .unwrap();
+    assert!(
+        ok,
+        "checkpoints never reached the commit at {commit_end:X}: {:?}",
+        s.status()
+    );
+}
