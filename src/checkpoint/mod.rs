@@ -2,10 +2,14 @@
 //! checkpointer stage advances it only over positions whose documents are all written (lanes
 //! finish out of order), stores it (file or Redis/Valkey), and then publishes it so the source
 //! can acknowledge it to PostgreSQL and the slot can advance.
+//!
+//! With the Redis store, [`LeaderLocks`] also keeps one daemon per index: see `leader.rs`.
 
+mod leader;
 mod store;
 
-pub use store::{CheckpointRecord, Store};
+pub use leader::{lock_key, process_token, LeaderLock, LeaderLocks, Leadership, Renewal, MIN_TTL};
+pub use store::{is_transient, redis_client, redis_key, CheckpointRecord, Store};
 
 use actix::prelude::*;
 use std::collections::BTreeSet;
@@ -85,10 +89,12 @@ impl Checkpointer {
                     Ok(()) => {
                         act.saved = pos;
                         let _ = act.published.send(pos);
+                        act.save(ctx);
                     }
+                    // The store already retried what may pass by itself; the interval tries
+                    // again (not at once, which would spin on a lasting error).
                     Err(e) => tracing::warn!(error = %e, "checkpoint not stored; will retry"),
                 }
-                act.save(ctx);
             }),
         );
     }

@@ -1,11 +1,13 @@
 //! Where checkpoints live: a small JSON file per index (written atomically by rename), or a key
 //! in Redis/Valkey through `fred`.
 
-use crate::config::{CheckpointConfig, CheckpointStore};
+use crate::config::{CheckpointConfig, CheckpointStore, Secret};
 use crate::{Error, ErrorKind, Result};
 use fred::prelude::*;
+use fred::types::config::ReconnectPolicy;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 /// A stored checkpoint.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,7 +38,8 @@ pub enum Store {
 }
 
 impl Store {
-    /// Opens the configured store (connecting to Redis when configured).
+    /// Opens the configured store (connecting to Redis when configured). An unreachable Redis
+    /// fails here, at start-up, where the operator sees it; later outages are retried.
     pub async fn open(cfg: &CheckpointConfig) -> Result<Store> {
         match cfg.store {
             CheckpointStore::File => {
@@ -54,21 +57,7 @@ impl Store {
                         "checkpoint.store = \"redis\" needs checkpoint.redis_url (or REDIS_URL)",
                     )
                 })?;
-                let config = fred::types::config::Config::from_url(url.expose())
-                    .map_err(|e| Error::config(format!("checkpoint.redis_url: {e}")))?;
-                let client = fred::types::Builder::from_config(config)
-                    .build()
-                    .map_err(|e| Error::config(format!("checkpoint.redis_url: {e}")))?;
-                client.init().await.map_err(|e| {
-                    Error::new(
-                        ErrorKind::Checkpoint,
-                        format!("cannot connect to Redis for checkpoints: {e}"),
-                    )
-                    .with_hint(
-                        "check checkpoint.redis_url (or REDIS_URL) and that Redis/Valkey is up",
-                    )
-                })?;
-                Ok(Store::Redis(client))
+                Ok(Store::Redis(redis_client(url, COMMAND_TIMEOUT).await?))
             }
         }
     }
@@ -90,15 +79,13 @@ impl Store {
                     ))
                 }
             },
-            Store::Redis(c) => c
-                .get::<Option<String>, _>(format!("pgsync:checkpoint:{key}"))
-                .await
-                .map_err(|e| {
-                    Error::new(
-                        ErrorKind::Checkpoint,
-                        format!("checkpoint {key} in Redis: {e}"),
-                    )
-                })?,
+            Store::Redis(c) => {
+                let k = redis_key(key);
+                retrying(key, "read", Some(LOAD_PATIENCE), || {
+                    c.get::<Option<String>, _>(k.clone())
+                })
+                .await?
+            }
         };
         text.map(|t| {
             serde_json::from_str(&t).map_err(|e| {
@@ -122,15 +109,15 @@ impl Store {
                 tokio::fs::rename(&tmp, &path).await?;
                 Ok(())
             }
-            Store::Redis(c) => c
-                .set::<(), _, _>(format!("pgsync:checkpoint:{key}"), text, None, None, false)
+            // Retried until Redis is back: a restart or outage must not stop the daemon (the
+            // leader lock, when on, bounds how long that can last).
+            Store::Redis(c) => {
+                let k = redis_key(key);
+                retrying(key, "store", None, || {
+                    c.set::<(), _, _>(k.clone(), text.clone(), None, None, false)
+                })
                 .await
-                .map_err(|e| {
-                    Error::new(
-                        ErrorKind::Checkpoint,
-                        format!("checkpoint {key} in Redis: {e}"),
-                    )
-                }),
+            }
         }
     }
 
@@ -141,15 +128,152 @@ impl Store {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
                 _ => Ok(()),
             },
-            Store::Redis(c) => c
-                .del::<(), _>(format!("pgsync:checkpoint:{key}"))
+            Store::Redis(c) => {
+                let k = redis_key(key);
+                retrying(key, "remove", Some(LOAD_PATIENCE), || {
+                    c.del::<(), _>(k.clone())
+                })
                 .await
-                .map_err(|e| {
-                    Error::new(
-                        ErrorKind::Checkpoint,
-                        format!("checkpoint {key} in Redis: {e}"),
-                    )
-                }),
+            }
         }
+    }
+}
+
+/// How long a read or removal keeps retrying a Redis outage before giving up (one-shot commands
+/// such as `status` must end); stores retry for as long as it takes.
+const LOAD_PATIENCE: Duration = Duration::from_secs(30);
+
+/// Each Redis command gives up after this; the caller's retry loop then tries again.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The Redis key of a checkpoint.
+pub fn redis_key(key: &str) -> String {
+    format!("pgsync:checkpoint:{key}")
+}
+
+/// A Redis/Valkey client for `url` that reconnects by itself, forever, after a restart or outage
+/// (exponential backoff, 100 ms up to 2 s), and whose commands time out instead of hanging
+/// while it is disconnected (after `command_timeout`). The first connection must succeed, so a
+/// wrong URL fails at once.
+pub async fn redis_client(
+    url: &Secret,
+    command_timeout: Duration,
+) -> Result<fred::clients::Client> {
+    let shown = url.masked_url();
+    let config = fred::types::config::Config::from_url(url.expose()).map_err(|e| {
+        Error::config(format!(
+            "checkpoint.redis_url {shown}: {}",
+            e.details().replace(url.expose(), &shown)
+        ))
+        .with_hint("expected redis://[:password@]host:port/db")
+    })?;
+    let client = fred::types::Builder::from_config(config)
+        .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
+        .with_connection_config(|c| {
+            c.connection_timeout = Duration::from_secs(5);
+            c.internal_command_timeout = Duration::from_secs(5);
+        })
+        .with_performance_config(|p| p.default_command_timeout = command_timeout)
+        .build()
+        .map_err(|e| Error::config(format!("checkpoint.redis_url {shown}: {}", e.details())))?;
+    client.init().await.map_err(|e| {
+        Error::new(
+            ErrorKind::Checkpoint,
+            format!("cannot connect to Redis at {shown}: {}", e.details()),
+        )
+        .with_hint("check checkpoint.redis_url (or REDIS_URL) and that Redis/Valkey is up")
+    })?;
+    Ok(client)
+}
+
+/// Whether a Redis error may go away by itself (connection lost, server restarting) rather than
+/// needing an operator (wrong password, wrong type at the key).
+pub fn is_transient(e: &fred::error::Error) -> bool {
+    use fred::error::ErrorKind as K;
+    match e.kind() {
+        K::IO | K::Timeout | K::Canceled | K::Backpressure | K::Routing | K::Protocol => true,
+        _ => [
+            "LOADING",
+            "MASTERDOWN",
+            "TRYAGAIN",
+            "CLUSTERDOWN",
+            "READONLY",
+        ]
+        .iter()
+        .any(|p| e.details().starts_with(p)),
+    }
+}
+
+/// Runs a Redis command for checkpoint `key`, retrying transient failures with exponential
+/// backoff (100 ms up to 5 s), logged, for at most `patience` (forever when `None`).
+async fn retrying<T, F, Fut>(
+    key: &str,
+    what: &str,
+    patience: Option<Duration>,
+    mut f: F,
+) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, fred::error::Error>>,
+{
+    let started = Instant::now();
+    let mut delay = Duration::from_millis(100);
+    let mut failures = 0u32;
+    loop {
+        let e = match f().await {
+            Ok(v) => {
+                if failures > 0 {
+                    tracing::info!(checkpoint = %key, failures, "Redis is reachable again; checkpoint {what} done");
+                }
+                return Ok(v);
+            }
+            Err(e) => e,
+        };
+        let fail = |e: &fred::error::Error| {
+            Error::new(
+                ErrorKind::Checkpoint,
+                format!(
+                    "checkpoint {key}: cannot {what} it in Redis: {}",
+                    e.details()
+                ),
+            )
+            .with_hint("check checkpoint.redis_url (or REDIS_URL) and that Redis/Valkey is up")
+        };
+        if !is_transient(&e) || patience.is_some_and(|p| started.elapsed() >= p) {
+            return Err(fail(&e));
+        }
+        failures += 1;
+        tracing::warn!(
+            checkpoint = %key,
+            attempt = failures,
+            retry_in_ms = delay.as_millis() as u64,
+            error = %e.details(),
+            "checkpoint {what} in Redis failed; retrying"
+        );
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fred::error::{Error as RedisError, ErrorKind as K};
+
+    #[test]
+    fn transient_redis_errors_are_retried_others_are_not() {
+        for kind in [K::IO, K::Timeout, K::Canceled, K::Backpressure] {
+            assert!(is_transient(&RedisError::new(kind, "x")));
+        }
+        assert!(is_transient(&RedisError::new(
+            K::Unknown,
+            "LOADING Redis is loading the dataset in memory"
+        )));
+        assert!(!is_transient(&RedisError::new(K::Auth, "WRONGPASS")));
+        assert!(!is_transient(&RedisError::new(
+            K::Unknown,
+            "WRONGTYPE Operation against a key holding the wrong kind of value"
+        )));
+        assert_eq!(redis_key("s"), "pgsync:checkpoint:s");
     }
 }

@@ -267,6 +267,13 @@ pub struct CheckpointConfig {
     pub dir: PathBuf,
     /// `redis://host:port/db` for `redis`; never printed.
     pub redis_url: Option<Secret>,
+    /// With the `redis` store, `pgsync run` takes a per-index lock so that only one daemon
+    /// writes an index; others wait as standbys and take over when the leader dies. Ignored with
+    /// the `file` store (a file cannot be shared between hosts safely).
+    pub leader_lock: bool,
+    /// Lifetime of the leader lock in milliseconds; the leader renews it every third of this, and a
+    /// standby takes over at most this long (plus a third) after the leader died.
+    pub lock_ttl_ms: u64,
 }
 
 impl Default for CheckpointConfig {
@@ -275,6 +282,8 @@ impl Default for CheckpointConfig {
             store: CheckpointStore::File,
             dir: PathBuf::from(".pgsync-state"),
             redis_url: None,
+            leader_lock: true,
+            lock_ttl_ms: 10_000,
         }
     }
 }
