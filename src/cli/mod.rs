@@ -50,12 +50,15 @@ pub enum Command {
 /// Entry point; returns the process exit code.
 pub fn main() -> i32 {
     let cli = Cli::parse();
-    let cfg = match config::load(cli.config.as_deref()) {
-        Ok(mut c) => {
+    let (cfg, warnings) = match config::load_with(cli.config.as_deref(), config::process_env()) {
+        Ok(config::Loaded {
+            config: mut c,
+            warnings,
+        }) => {
             if let Some(s) = &cli.schema {
                 c.schema.path = s.clone();
             }
-            c
+            (c, warnings)
         }
         Err(e) => {
             eprintln!("error: {e}");
@@ -63,6 +66,10 @@ pub fn main() -> i32 {
         }
     };
     init_logging(&cfg);
+    // Logged only now: before logging is set up they would be lost.
+    for w in &warnings {
+        tracing::warn!("config: {w}");
+    }
     let system = actix::System::new();
     let result = system.block_on(commands::dispatch(cli.command, cfg));
     match result {

@@ -88,8 +88,9 @@ where
     Ok(Loaded { config, warnings })
 }
 
-/// The process environment as UTF-8 pairs; a non-UTF-8 variable cannot be one of ours.
-fn process_env() -> Vec<(String, String)> {
+/// The process environment as UTF-8 pairs for [`load_with`]; a non-UTF-8 variable cannot be one
+/// of ours.
+pub fn process_env() -> Vec<(String, String)> {
     std::env::vars_os()
         .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
         .collect()

@@ -4,7 +4,7 @@
 mod load;
 mod secret;
 
-pub use load::{connect, load, load_with, Loaded};
+pub use load::{connect, load, load_with, process_env, Loaded};
 pub use secret::{mask_url, Secret};
 
 use serde::{Deserialize, Serialize};

@@ -8,11 +8,11 @@ use super::coalescer::{CoalesceSettings, Coalescer};
 use super::initial::{connector, initial_sync, spawn_fetchers, spawn_writers};
 use crate::checkpoint::{CheckpointRecord, Checkpointer, Store};
 use crate::cli::{load_schema, resolve_all};
-use crate::config::Config;
+use crate::config::{CaptureMode, Config};
 use crate::schema::mapping::index_body;
 use crate::schema::resolve::IndexPlan;
 use crate::sink::Sink;
-use crate::source::slot;
+use crate::source::{notify, slot};
 use crate::{Error, Result};
 use actix::prelude::*;
 use std::sync::Arc;
@@ -47,59 +47,115 @@ pub fn full_identity_tables(plan: &IndexPlan) -> Vec<crate::pipeline::messages::
         .collect()
 }
 
-async fn bootstrap_index(cfg: &Config, plan: &IndexPlan) -> Result<slot::BootstrapOutcome> {
-    let client = crate::config::connect(cfg, &plan.spec.database).await?;
+/// What bootstrap found or made for one index, in either capture mode.
+pub struct Boot {
+    /// The slot (wal) or change log (notify) is new: nothing was captured before, so the index
+    /// needs an initial sync.
+    pub created: bool,
+    /// Where streaming starts after an initial sync: the slot's consistent point (wal), or the
+    /// server's transaction-id horizon read after the triggers exist (notify).
+    pub start: u64,
+    /// A line for `pgsync bootstrap` to print.
+    pub summary: String,
+}
+
+async fn bootstrap_index(cfg: &Config, plan: &IndexPlan) -> Result<Boot> {
     let n = names(cfg, plan);
-    slot::check_replication_ready(&client, &n.slot).await?;
-    slot::bootstrap(
-        &client,
-        &n.slot,
-        &n.publication,
-        &plan.tables(),
-        &full_identity_tables(plan),
+    let ctx = |e: Error| e.context(format!("bootstrap of index {}", plan.spec.index));
+    match cfg.capture.mode {
+        CaptureMode::Wal => {
+            let client = crate::config::connect(cfg, &plan.spec.database).await?;
+            slot::check_replication_ready(&client, &n.slot).await?;
+            let out = slot::bootstrap(
+                &client,
+                &n.slot,
+                &n.publication,
+                &plan.tables(),
+                &full_identity_tables(plan),
+            )
+            .await
+            .map_err(ctx)?;
+            Ok(Boot {
+                created: out.slot_created,
+                start: out.consistent_lsn,
+                summary: format!(
+                    "slot {} ({}), publication {} ({})",
+                    n.slot,
+                    if out.slot_created {
+                        "created"
+                    } else {
+                        "exists"
+                    },
+                    n.publication,
+                    if out.publication_changed {
+                        "created or updated"
+                    } else {
+                        "unchanged"
+                    },
+                ),
+            })
+        }
+        CaptureMode::Notify => {
+            let mut client = crate::config::connect(cfg, &plan.spec.database).await?;
+            let log = log_names(cfg, plan);
+            let out = notify::install(&mut client, &log, plan)
+                .await
+                .map_err(ctx)?;
+            // Every transaction below this horizon has ended, and those that wrote a table did
+            // so before its trigger existed or are in the log: a sync started now sees them all.
+            let start = notify::current_xmin(&client).await.map_err(ctx)?;
+            Ok(Boot {
+                created: out.log_created,
+                start,
+                summary: format!(
+                    "change log {}.{} ({}), triggers {} and {} on {} table(s), channel {}",
+                    log.schema,
+                    log.table,
+                    if out.log_created { "created" } else { "exists" },
+                    log.row_trigger,
+                    log.truncate_trigger,
+                    out.tables,
+                    log.channel
+                ),
+            })
+        }
+    }
+}
+
+/// Change-log names of `plan` in notify mode.
+pub fn log_names(cfg: &Config, plan: &IndexPlan) -> notify::LogNames {
+    notify::LogNames::new(
+        &cfg.capture.slot_prefix,
+        &plan.spec.database,
+        &plan.spec.index,
     )
-    .await
-    .map_err(|e| e.context(format!("bootstrap of index {}", plan.spec.index)))
 }
 
 /// `pgsync bootstrap`.
 pub async fn bootstrap(cfg: &Config) -> Result<()> {
     let file = load_schema(cfg)?;
     for plan in resolve_all(cfg, &file).await? {
-        let out = bootstrap_index(cfg, &plan).await?;
-        let n = names(cfg, &plan);
-        println!(
-            "index {}: slot {} ({}), publication {} ({})",
-            plan.spec.index,
-            n.slot,
-            if out.slot_created {
-                "created"
-            } else {
-                "exists"
-            },
-            n.publication,
-            if out.publication_changed {
-                "created or updated"
-            } else {
-                "unchanged"
-            },
-        );
+        let boot = bootstrap_index(cfg, &plan).await?;
+        println!("index {}: {}", plan.spec.index, boot.summary);
     }
     Ok(())
 }
 
-/// `pgsync teardown`.
+/// `pgsync teardown`: removes what bootstrap made in either capture mode (a slot, publication or
+/// change log that does not exist is skipped), and the checkpoint.
 pub async fn teardown(cfg: &Config) -> Result<()> {
     let file = load_schema(cfg)?;
     let store = Store::open(&cfg.checkpoint).await?;
     for plan in resolve_all(cfg, &file).await? {
-        let client = crate::config::connect(cfg, &plan.spec.database).await?;
+        let mut client = crate::config::connect(cfg, &plan.spec.database).await?;
         let n = names(cfg, &plan);
         slot::teardown(&client, &n.slot, &n.publication).await?;
+        let log = log_names(cfg, &plan);
+        notify::remove(&mut client, &log, &plan.tables()).await?;
         store.remove(&n.slot).await?;
         println!(
-            "index {}: removed slot {}, publication {} and checkpoint",
-            plan.spec.index, n.slot, n.publication
+            "index {}: removed slot {}, publication {}, change log {} with its triggers, and checkpoint",
+            plan.spec.index, n.slot, n.publication, log.table
         );
     }
     Ok(())
@@ -121,9 +177,32 @@ pub async fn status(cfg: &Config) -> Result<()> {
                 s.active,
                 slot::format_lsn(s.confirmed_flush_lsn),
                 s.retained_wal_bytes,
-                cp.map(|c| slot::format_lsn(c.position)).unwrap_or_else(|| "none".into())
+                cp.as_ref().map(|c| slot::format_lsn(c.position)).unwrap_or_else(|| "none".into())
             ),
-            None => println!("index {}: not bootstrapped (no slot {})", plan.spec.index, n.slot),
+            None if cfg.capture.mode == CaptureMode::Wal => {
+                println!("index {}: not bootstrapped (no slot {})", plan.spec.index, n.slot)
+            }
+            None => {}
+        }
+        if cfg.capture.mode == CaptureMode::Notify {
+            let log = log_names(cfg, &plan);
+            match notify::backlog(&client, &log).await? {
+                Some((rows, oldest)) => println!(
+                    "index {}: change log {} rows={} oldest_xid={} checkpoint={}",
+                    plan.spec.index,
+                    log.table,
+                    rows,
+                    oldest
+                        .map(|x| x.to_string())
+                        .unwrap_or_else(|| "none".into()),
+                    cp.map(|c| c.position.to_string())
+                        .unwrap_or_else(|| "none".into())
+                ),
+                None => println!(
+                    "index {}: not bootstrapped (no change log {})",
+                    plan.spec.index, log.table
+                ),
+            }
         }
     }
     Ok(())
@@ -136,6 +215,7 @@ pub async fn run(cfg: &Config, recreate: bool) -> Result<i32> {
     let sink = Sink::from_config(cfg)?;
     sink.check().await?;
     let store = Store::open(&cfg.checkpoint).await?;
+    let locks = crate::checkpoint::LeaderLocks::open(&cfg.checkpoint).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
         wait_for_signal().await;
@@ -145,14 +225,79 @@ pub async fn run(cfg: &Config, recreate: bool) -> Result<i32> {
     let mut tasks = vec![];
     for plan in plans {
         let (cfg, sink, store, stop) = (cfg.clone(), sink.clone(), store.clone(), stop_rx.clone());
-        tasks.push(
-            async move { run_index(&cfg, Arc::new(plan), sink, store, stop, recreate).await },
-        );
+        let lock = locks.as_ref().map(|l| l.for_slot(&names(&cfg, &plan).slot));
+        tasks.push(async move {
+            let plan = Arc::new(plan);
+            let work = run_index(&cfg, plan.clone(), sink, store, stop.clone(), recreate);
+            as_leader(&cfg, &plan, lock, stop, work).await
+        });
     }
-    for r in futures::future::join_all(tasks).await {
-        r?;
-    }
+    // The first failure ends the daemon at once: a lost leader lock must stop every write now,
+    // and a daemon silently syncing only some of its indices would go unnoticed.
+    futures::future::try_join_all(tasks).await?;
     Ok(0)
+}
+
+/// Runs `work` (one index's sync) only while this process holds the index's leader lock, when
+/// locks are on: waits as a standby first, releases the lock after `work` ends so a standby takes
+/// over at once, and abandons `work` with an error the moment the lock is lost, so two daemons
+/// never write one index.
+async fn as_leader(
+    cfg: &Config,
+    plan: &IndexPlan,
+    lock: Option<crate::checkpoint::LeaderLock>,
+    stop: watch::Receiver<bool>,
+    work: impl std::future::Future<Output = Result<()>>,
+) -> Result<()> {
+    let Some(lock) = lock else {
+        return work.await;
+    };
+    let index = &plan.spec.index;
+    let Some(mut held) = lock
+        .acquire(stop)
+        .await
+        .map_err(|e| e.context(format!("index {index}")))?
+    else {
+        tracing::info!(index = %index, "stop requested while standby");
+        return Ok(());
+    };
+    let outcome = tokio::select! {
+        r = async {
+            wait_for_previous_leader(cfg, plan).await;
+            work.await
+        } => r,
+        e = held.lost() => return Err(e.context(format!("index {index}"))),
+    };
+    held.release().await;
+    outcome
+}
+
+/// A new leader waits (a bounded time) until the previous leader's replication connection is
+/// gone: PostgreSQL lets one connection stream from a slot, and a leader that just died may hold
+/// it for a moment. Anything unexpected is left for the stream's own start to report.
+async fn wait_for_previous_leader(cfg: &Config, plan: &IndexPlan) {
+    if cfg.capture.mode != crate::config::CaptureMode::Wal {
+        return;
+    }
+    let slot_name = names(cfg, plan).slot;
+    let Ok(client) = crate::config::connect(cfg, &plan.spec.database).await else {
+        return;
+    };
+    let patience = Duration::from_millis(cfg.checkpoint.lock_ttl_ms).max(Duration::from_secs(10));
+    let deadline = tokio::time::Instant::now() + patience;
+    let mut logged = false;
+    while tokio::time::Instant::now() < deadline {
+        match slot::slot_status(&client, &slot_name).await {
+            Ok(Some(s)) if s.active => {
+                if !logged {
+                    logged = true;
+                    tracing::info!(slot = %slot_name, walsender_pid = ?s.active_pid, "waiting for the previous leader's replication connection to end");
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            _ => return,
+        }
+    }
 }
 
 async fn wait_for_signal() {
@@ -184,25 +329,31 @@ pub async fn run_index(
     let index = plan.spec.index.clone();
     crate::cli::warn_plugins(&plan);
     let boot = bootstrap_index(cfg, &plan).await?;
+    tracing::info!(index = %index, "bootstrap: {}", boot.summary);
     let n = names(cfg, &plan);
     let created = sink
         .ensure_index(&index, &index_body(&plan), recreate)
         .await?;
     let cp = store.load(&n.slot).await?;
     let start = match cp {
-        Some(c) if c.initial_sync_done && !recreate && !boot.slot_created && !created => c.position,
+        Some(c) if c.initial_sync_done && !recreate && !boot.created && !created => c.position,
         _ => {
-            // The slot exists before the snapshot the sync reads, so every change committed
-            // after it is also streamed afterwards and re-applied from the current rows.
+            // The slot (or the triggers) exist before the snapshot the sync reads, so every
+            // change committed after it is also streamed afterwards and re-applied from the
+            // current rows.
             let summary = initial_sync(cfg, plan.clone(), sink.clone(), None).await?;
             println!("{summary}");
             store
-                .save(&n.slot, &CheckpointRecord::at(boot.consistent_lsn))
+                .save(&n.slot, &CheckpointRecord::at(boot.start))
                 .await?;
-            boot.consistent_lsn
+            boot.start
         }
     };
-    tracing::info!(index = %index, slot = %n.slot, start = %slot::format_lsn(start), "streaming changes");
+    let shown = match cfg.capture.mode {
+        CaptureMode::Wal => slot::format_lsn(start),
+        CaptureMode::Notify => format!("xid {start}"),
+    };
+    tracing::info!(index = %index, slot = %n.slot, start = %shown, "streaming changes");
 
     let (err_tx, mut err_rx) = mpsc::unbounded_channel::<Error>();
     let stats = Arc::new(super::progress::Stats::default());
@@ -261,16 +412,32 @@ pub async fn run_index(
         });
     }
     let (reader_stop_tx, reader_stop_rx) = watch::channel(false);
-    let reader = crate::source::wal::spawn_reader(
-        cfg,
-        &plan.spec.database,
-        &n.slot,
-        &n.publication,
-        tx_tx,
-        frontier_rx.clone(),
-        reader_stop_rx,
-        err_tx.clone(),
-    );
+    let reader = match cfg.capture.mode {
+        CaptureMode::Wal => crate::source::wal::spawn_reader(
+            cfg,
+            &plan.spec.database,
+            &n.slot,
+            &n.publication,
+            tx_tx,
+            frontier_rx.clone(),
+            reader_stop_rx,
+            err_tx.clone(),
+        ),
+        CaptureMode::Notify => notify::spawn_listener(
+            cfg,
+            &plan.spec.database,
+            notify::ListenerSettings {
+                names: log_names(cfg, &plan),
+                poll_interval: Duration::from_millis(cfg.capture.poll_interval_ms.max(10)),
+                page_rows: cfg.capture.coalesce_max_changes.max(1) as i64,
+            },
+            start,
+            tx_tx,
+            frontier_rx.clone(),
+            reader_stop_rx,
+            err_tx.clone(),
+        ),
+    };
 
     // Run until asked to stop or a stage fails.
     let failure = tokio::select! {
@@ -294,9 +461,16 @@ pub async fn run_index(
     if let Ok(e) = err_rx.try_recv() {
         return Err(e);
     }
-    // The reader is gone: move the slot forward ourselves so WAL is released now.
     let client = crate::config::connect(cfg, &plan.spec.database).await?;
-    slot::advance_slot(&client, &n.slot, last).await?;
-    tracing::info!(index = %index, checkpoint = %slot::format_lsn(last), "stopped cleanly");
+    match cfg.capture.mode {
+        // The reader is gone: move the slot forward ourselves so WAL is released now.
+        CaptureMode::Wal => {
+            slot::advance_slot(&client, &n.slot, last).await?;
+        }
+        CaptureMode::Notify => {
+            notify::purge(&client, &log_names(cfg, &plan), last).await?;
+        }
+    }
+    tracing::info!(index = %index, checkpoint = last, "stopped cleanly");
     Ok(())
 }
