@@ -455,10 +455,16 @@ struct Setup {
     db: String,
     os: Osmem,
     work: Workdir,
+    notify: bool,
 }
 
 impl Setup {
     fn new(prefix: &str, redis: &Redis, lock_ttl_ms: u64) -> Setup {
+        Self::with_mode(prefix, redis, lock_ttl_ms, false)
+    }
+
+    /// Like [`Setup::new`], with `[capture] mode = "notify"` when `notify`.
+    fn with_mode(prefix: &str, redis: &Redis, lock_ttl_ms: u64, notify: bool) -> Setup {
         let pg = shared_postgres();
         let db = load_library(pg, prefix);
         let os = Osmem::start();
@@ -476,8 +482,26 @@ impl Setup {
             1,
         );
         assert!(toml.contains("store = \"redis\""), "{toml}");
+        let capture = if notify { "notify" } else { "wal" };
+        let toml = format!("{toml}\n[capture]\nmode = \"{capture}\"\n");
         std::fs::write(&work.config, toml).unwrap();
-        Setup { pg, db, os, work }
+        Setup {
+            pg,
+            db,
+            os,
+            work,
+            notify,
+        }
+    }
+
+    /// Whether `log` shows change capture running for every index.
+    fn captures_all(&self, log: &str) -> bool {
+        let marker = if self.notify {
+            "listening for changes"
+        } else {
+            "streaming changes from the WAL"
+        };
+        log.matches(marker).count() >= INDICES.len()
     }
 
     fn slot(&self, index: &str) -> String {
@@ -602,8 +626,17 @@ impl Setup {
 
 #[test]
 fn standby_takes_over_when_the_leader_is_killed_mid_stream() {
+    failover(false)
+}
+
+#[test]
+fn standby_takes_over_when_the_leader_is_killed_mid_stream_in_notify_mode() {
+    failover(true)
+}
+
+fn failover(notify: bool) {
     let redis = Redis::start();
-    let s = Setup::new("leader_failover", &redis, 1500);
+    let s = Setup::with_mode("leader_failover", &redis, 1500, notify);
 
     let mut a = Daemon::start(&s.work, "a");
     poll(
@@ -612,8 +645,7 @@ fn standby_takes_over_when_the_leader_is_killed_mid_stream() {
         a.logger(),
         || {
             a.assert_alive("a starting");
-            s.leads(&redis, a.pid())
-                && a.log().matches("streaming changes from the WAL").count() >= 2
+            s.leads(&redis, a.pid()) && s.captures_all(&a.log())
         },
     );
     let mut b = Daemon::start(&s.work, "b");
@@ -640,7 +672,12 @@ fn standby_takes_over_when_the_leader_is_killed_mid_stream() {
     assert!(status.success(), "{status}\n{}", c.log());
     assert!(s.leads(&redis, a.pid()), "a still leads");
     let active = s.active_slots();
-    assert_eq!(active.len(), 2, "one stream per index: {active:?}");
+    let streams = if notify { 0 } else { INDICES.len() };
+    assert_eq!(
+        active.len(),
+        streams,
+        "one WAL stream per index: {active:?}"
+    );
     assert!(
         active
             .iter()
@@ -703,8 +740,7 @@ fn daemon_survives_a_redis_restart_while_changes_flow() {
         d.logger(),
         || {
             d.assert_alive("starting");
-            s.leads(&redis, d.pid())
-                && d.log().matches("streaming changes from the WAL").count() >= 2
+            s.leads(&redis, d.pid()) && s.captures_all(&d.log())
         },
     );
     let changes = s.changes();
@@ -767,8 +803,7 @@ fn leader_stops_with_an_error_when_its_lock_is_taken() {
         d.logger(),
         || {
             d.assert_alive("starting");
-            s.leads(&redis, d.pid())
-                && d.log().matches("streaming changes from the WAL").count() >= 2
+            s.leads(&redis, d.pid()) && s.captures_all(&d.log())
         },
     );
     redis.cmd(&["SET", &lock_key(&s.slot("book")), "intruder-host:1:0"]);
