@@ -338,34 +338,70 @@ pub fn confirmed_flush_lsn(pg: &Postgres, slot: &str) -> Option<u64> {
 }
 
 /// Drops database `db` and every replication slot on it (terminating the walsenders that still
-/// hold them), so a finished test leaves no slot behind in the shared server.
+/// hold them), so a finished test leaves no slot behind in the shared server. Never panics (it
+/// runs from destructors, also while a failed test unwinds); a failure is only printed.
 pub fn drop_database_and_slots(pg: &Postgres, db: &str) {
     let lit = sql_literal(db);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        pg.psql(
+        let left = psql_quiet(
+            pg,
             "postgres",
-            &format!(
-                "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots \
-                 WHERE database = {lit} AND active_pid IS NOT NULL"
-            ),
+            &[
+                &format!(
+                    "SELECT count(pg_terminate_backend(active_pid)) FROM pg_replication_slots \
+                     WHERE database = {lit} AND active_pid IS NOT NULL"
+                ),
+                &format!(
+                    "SELECT count(pg_drop_replication_slot(slot_name)) FROM pg_replication_slots \
+                     WHERE database = {lit} AND NOT active"
+                ),
+                &format!("SELECT count(*) FROM pg_replication_slots WHERE database = {lit}"),
+            ],
         );
-        let left = pg.psql(
-            "postgres",
-            &format!(
-                "SELECT count(pg_drop_replication_slot(slot_name)) FROM pg_replication_slots \
-                 WHERE database = {lit} AND NOT active;
-                 SELECT count(*) FROM pg_replication_slots WHERE database = {lit}"
-            ),
-        );
-        if left.lines().last() == Some("0") {
+        if left.as_deref().and_then(|l| l.lines().last()) == Some("0") {
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "replication slots on {db} could not be dropped"
-        );
+        if Instant::now() >= deadline {
+            eprintln!("replication slots on {db} could not be dropped: {left:?}");
+            break;
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
-    pg.drop_database(db);
+    let drop = format!(
+        "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+        crate::harness::quote_ident(db)
+    );
+    if psql_quiet(pg, "postgres", &[&drop]).is_none() {
+        eprintln!("could not drop database {db}");
+    }
+}
+
+/// Each statement of `sql` through psql on `db` (in turn, each in its own transaction): the
+/// output, or `None` (printed) if psql failed.
+fn psql_quiet(pg: &Postgres, db: &str, sql: &[&str]) -> Option<String> {
+    let mut cmd = Command::new(crate::harness::pg_bin_dir().join("psql"));
+    cmd.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-At", "-d"])
+        .arg(pg.url(db));
+    for statement in sql {
+        cmd.args(["-c", statement]);
+    }
+    let out = cmd
+        .env("PGCONNECT_TIMEOUT", "10")
+        .stdin(Stdio::null())
+        .output();
+    match out {
+        Ok(o) if o.status.success() => Some(String::from_utf8_lossy(&o.stdout).trim_end().into()),
+        Ok(o) => {
+            eprintln!(
+                "psql on {db} failed: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            None
+        }
+        Err(e) => {
+            eprintln!("cannot run psql: {e}");
+            None
+        }
+    }
 }
