@@ -2,13 +2,18 @@
 //! `requests_in_flight` requests open (waiting for a free slot stops it pulling its input, which is
 //! the backpressure to the fetchers), and reports every per-item failure with the document `_id`
 //! and the engine's reason. A chunk's completion is released only after its request succeeded.
+//!
+//! Requests in flight at the same time may be applied by the engine in any order, so a request
+//! holding an `_id` that one in flight also holds waits until those in flight are done: two
+//! versions of a document (say an index, then its delete) are always applied in the order written.
 
 use super::messages::{Completion, DocChunk};
 use super::progress::Stats;
 use crate::sink::{BulkBatch, Sink};
 use crate::Error;
 use actix::prelude::*;
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Semaphore;
 
@@ -92,9 +97,13 @@ impl Actor for Writer {
     }
 }
 
+/// `_id`s of the requests in flight.
+type InFlightIds = Arc<Mutex<HashSet<String>>>;
+
 impl WriterLoop {
     async fn run(mut self) {
         let slots = Arc::new(Semaphore::new(self.settings.in_flight.max(1)));
+        let ids: InFlightIds = Default::default();
         let mut pending = Pending::default();
         loop {
             let next = if pending.ids.is_empty() {
@@ -103,14 +112,14 @@ impl WriterLoop {
                 match tokio::time::timeout(self.settings.linger, self.input.recv()).await {
                     Ok(x) => x,
                     Err(_) => {
-                        self.flush(&mut pending, &slots).await;
+                        self.flush(&mut pending, &slots, &ids).await;
                         continue;
                     }
                 }
             };
             let Some(chunk) = next else { break };
             if chunk.barrier || chunk.delete_all {
-                self.flush(&mut pending, &slots).await;
+                self.flush(&mut pending, &slots, &ids).await;
                 self.drain(&slots).await;
             }
             if chunk.delete_all {
@@ -130,13 +139,13 @@ impl WriterLoop {
             if pending.ids.len() >= self.settings.batch_docs
                 || pending.body.len() >= self.settings.batch_bytes
             {
-                self.flush(&mut pending, &slots).await;
+                self.flush(&mut pending, &slots, &ids).await;
             }
             if chunk.barrier {
                 self.drain(&slots).await;
             }
         }
-        self.flush(&mut pending, &slots).await;
+        self.flush(&mut pending, &slots, &ids).await;
         self.drain(&slots).await;
     }
 
@@ -147,15 +156,29 @@ impl WriterLoop {
     }
 
     /// Sends what is buffered as one bulk request once a request slot is free (waiting here is
-    /// what stops this writer pulling its input: the backpressure to the fetchers).
-    async fn flush(&self, pending: &mut Pending, slots: &Arc<Semaphore>) {
+    /// what stops this writer pulling its input: the backpressure to the fetchers), and once no
+    /// request in flight holds one of its `_id`s.
+    async fn flush(&self, pending: &mut Pending, slots: &Arc<Semaphore>, in_flight: &InFlightIds) {
         let p = std::mem::take(pending);
         if p.ids.is_empty() {
             return; // completions dropped: nothing of theirs left to write
         }
+        let overlaps = {
+            let held = in_flight.lock().unwrap_or_else(|e| e.into_inner());
+            !held.is_empty() && p.ids.iter().any(|id| held.contains(id))
+        };
+        if overlaps {
+            self.drain(slots).await;
+        }
         let Ok(permit) = slots.clone().acquire_owned().await else {
             return;
         };
+        in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(p.ids.iter().cloned());
+        let sent_ids = p.ids.clone();
+        let in_flight = in_flight.clone();
         let batch = BulkBatch {
             body: bytes::Bytes::from(p.body),
             ids: p.ids,
@@ -194,6 +217,13 @@ impl WriterLoop {
                 }
             }
             drop(completions);
+            // Before the slot frees up: a writer that drained finds no id held.
+            {
+                let mut held = in_flight.lock().unwrap_or_else(|e| e.into_inner());
+                for id in &sent_ids {
+                    held.remove(id);
+                }
+            }
             drop(permit);
         });
     }
