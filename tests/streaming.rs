@@ -127,6 +127,13 @@ mod wal {
     }
 }
 
+/// The same cases with trigger capture: both modes must produce the same index.
+mod notify {
+    use super::Mode;
+
+    streaming_cases!(Mode::Notify);
+}
+
 // ---------------------------------------------------------------------------
 // The test bed.
 

@@ -97,13 +97,18 @@ impl Coalescer {
         if let Some(h) = self.timer.take() {
             ctx.cancel_future(h);
         }
+        if self.position.is_none() {
+            return;
+        }
+        // Without a client (a dispatch is still running) keep the buffer for the next flush;
+        // taking it first would drop changes.
+        let Some(client) = self.client.take() else {
+            return;
+        };
         let Some(position) = self.position.take() else {
             return;
         };
         let changes = std::mem::take(&mut self.buffer);
-        let Some(client) = self.client.take() else {
-            return;
-        };
         let tables: Vec<(Change, Arc<Vec<Effect>>)> = changes
             .into_iter()
             .map(|c| {

@@ -485,23 +485,25 @@ pub async fn run(
     run_until(cfg, out, acks, StopSignals(vec![shutdown])).await
 }
 
-async fn run_until(
-    cfg: WalReaderConfig,
-    out: mpsc::Sender<Transaction>,
-    acks: watch::Receiver<u64>,
-    mut stop: StopSignals,
-) -> Result<()> {
+/// How long [`run_until`] waits for a slot another connection still holds.
+const SLOT_BUSY_WAIT: Duration = Duration::from_secs(30);
+
+/// Connects and starts streaming; `None` when asked to stop meanwhile.
+async fn start_stream(
+    cfg: &WalReaderConfig,
+    stop: &mut StopSignals,
+) -> Result<Option<ReplicationClient>> {
     let mut client = ReplicationClient::connect(cfg.replication_config())
         .await
-        .map_err(|e| wire_error(e, &cfg))?;
+        .map_err(|e| wire_error(e, cfg))?;
     tokio::select! {
         biased;
         _ = stop.wait() => {
             client.abort();
-            return Ok(());
+            return Ok(None);
         }
         started = tokio::time::timeout(cfg.connect_timeout, client.wait_started()) => match started {
-            Ok(started) => started.map_err(|e| wire_error(e, &cfg))?,
+            Ok(started) => started.map_err(|e| wire_error(e, cfg))?,
             Err(_) => {
                 client.abort();
                 return Err(Error::new(
@@ -514,6 +516,32 @@ async fn run_until(
             }
         },
     }
+    Ok(Some(client))
+}
+
+async fn run_until(
+    cfg: WalReaderConfig,
+    out: mpsc::Sender<Transaction>,
+    acks: watch::Receiver<u64>,
+    mut stop: StopSignals,
+) -> Result<()> {
+    // A slot still held by a previous daemon's walsender (it was just killed, or a failed-over
+    // leader's connection is closing) is released within moments: wait for it, within reason.
+    let deadline = tokio::time::Instant::now() + SLOT_BUSY_WAIT;
+    let client = loop {
+        match start_stream(&cfg, &mut stop).await {
+            Ok(Some(client)) => break client,
+            Ok(None) => return Ok(()),
+            Err(e) if e.message.contains("is active") && tokio::time::Instant::now() < deadline => {
+                tracing::info!(slot = %cfg.slot, "slot still held by another connection; retrying");
+                tokio::select! {
+                    _ = stop.wait() => return Ok(()),
+                    _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    };
     tracing::info!(
         slot = %cfg.slot,
         publication = %cfg.publication,
