@@ -14,6 +14,7 @@
 mod common;
 mod harness;
 
+use common::daemon::Daemon;
 use common::{assert_documents, json_eq, library_schema, load_library, PgsyncConfig, Workdir};
 use harness::{shared_postgres, Osmem, Postgres, Redis, Resp};
 use pgsync_rs::checkpoint::{
@@ -21,9 +22,6 @@ use pgsync_rs::checkpoint::{
 };
 use pgsync_rs::config::{CheckpointConfig, CheckpointStore, Secret};
 use serde_json::Value;
-use std::fs::File;
-use std::path::PathBuf;
-use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -295,116 +293,6 @@ async fn checkpoint_saves_wait_for_redis_to_come_back() {
 // ---------------------------------------------------------------------------------------------
 // Daemons.
 
-/// A `pgsync run` child process logging to a file. Killed on drop; a watchdog kills it if the
-/// test process dies without unwinding.
-struct Daemon {
-    child: Child,
-    watchdog: Option<(Child, ChildStdin)>,
-    log: PathBuf,
-}
-
-impl Daemon {
-    fn start(work: &Workdir, name: &str) -> Daemon {
-        let log = work.dir.path().join(format!("{name}.log"));
-        let file = File::create(&log).unwrap();
-        let mut cmd = Command::new(common::pgsync_bin());
-        cmd.args(["run", "--config"])
-            .arg(&work.config)
-            .current_dir(work.dir.path())
-            .env_clear()
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().unwrap())
-            .stderr(file);
-        for keep in ["PATH", "HOME", "TMPDIR"] {
-            if let Some(v) = std::env::var_os(keep) {
-                cmd.env(keep, v);
-            }
-        }
-        let child = cmd.spawn().expect("start pgsync run");
-        let watchdog = Command::new("sh")
-            .arg("-c")
-            .arg("while read -r _l; do :; done; kill -s KILL \"$1\" 2>/dev/null")
-            .arg("pgsync-leader-watchdog")
-            .arg(child.id().to_string())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .ok()
-            .map(|mut w| {
-                let stdin = w.stdin.take().unwrap();
-                (w, stdin)
-            });
-        Daemon {
-            child,
-            watchdog,
-            log,
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Reads the log later, without borrowing the daemon (for failure messages).
-    fn logger(&self) -> impl Fn() -> String {
-        let path = self.log.clone();
-        move || std::fs::read_to_string(&path).unwrap_or_default()
-    }
-
-    fn exited(&mut self) -> Option<ExitStatus> {
-        self.child.try_wait().expect("try_wait")
-    }
-
-    fn assert_alive(&mut self, what: &str) {
-        if let Some(s) = self.exited() {
-            panic!("{what}: the daemon exited with {s}\n{}", self.log());
-        }
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(s) = self.exited() {
-                return s;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the daemon did not exit within {timeout:?}\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn terminate(&mut self, grace: Duration) -> ExitStatus {
-        let _ = Command::new("kill")
-            .args(["-s", "TERM", &self.pid().to_string()])
-            .status();
-        self.wait_exit(grace)
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.kill();
-        if let Some((mut w, stdin)) = self.watchdog.take() {
-            let _ = w.kill();
-            let _ = w.wait();
-            drop(stdin);
-        }
-    }
-}
-
 /// Polls `f` every 50 ms; panics with `what` and `context()` after `timeout`.
 fn poll(timeout: Duration, what: &str, context: impl Fn() -> String, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
@@ -567,14 +455,8 @@ impl Setup {
 
     /// Waits until every index equals a fresh `pgsync run --once` of the current rows.
     fn assert_equals_fresh_build(&self, context: impl Fn() -> String) {
-        let fresh = Osmem::start();
-        let work = Workdir::new(
-            &PgsyncConfig::new(self.pg.port(), fresh.url()),
-            &library_schema(&self.db),
-        );
-        work.pgsync(&["run", "--once"])
-            .assert_code(0, "fresh build with run --once");
-        let expected: Vec<_> = INDICES.iter().map(|i| fresh.all_docs(i)).collect();
+        let fresh = common::daemon::fresh_library_build(self.pg, &self.db);
+        let expected: Vec<_> = INDICES.iter().map(|i| fresh[*i].clone()).collect();
         let same = || {
             INDICES.iter().zip(&expected).all(|(i, want)| {
                 self.os.try_all_docs(i).is_some_and(|got| {

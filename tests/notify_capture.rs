@@ -37,20 +37,8 @@ impl Setup {
         self.pg.psql(&self.db, sql)
     }
 
-    /// Documents of a fresh full build of the database as it is now (`pgsync run --once` into a
-    /// second search server).
     fn fresh_build(&self) -> IndexDocs {
-        let os = Osmem::start();
-        let work = Workdir::new(
-            &PgsyncConfig::new(self.pg.port(), os.url()),
-            &library_schema(&self.db),
-        );
-        work.pgsync(&["run", "--once"])
-            .assert_code(0, "fresh build with pgsync run --once");
-        ["book", "edition"]
-            .iter()
-            .map(|i| (i.to_string(), os.all_docs(i)))
-            .collect()
+        common::daemon::fresh_library_build(self.pg, &self.db)
     }
 
     fn streaming_daemon(&self, log: &str) -> Daemon {

@@ -235,17 +235,7 @@ impl Stream {
 
     /// Every document of a full `pgsync run --once` of the current rows into a new server.
     fn fresh_build(&self) -> IndexDocs {
-        let os = Osmem::start();
-        let work = Workdir::new(
-            &PgsyncConfig::new(self.pg.port(), os.url()),
-            &library_schema(&self.db),
-        );
-        work.pgsync(&["run", "--once"])
-            .assert_code(0, "pgsync run --once (fresh build)");
-        INDICES
-            .iter()
-            .map(|i| (i.to_string(), os.all_docs(i)))
-            .collect()
+        common::daemon::fresh_library_build(self.pg, &self.db)
     }
 
     /// Waits until the daemon's index equals a fresh build of the current rows.

@@ -128,6 +128,35 @@ impl Daemon {
         String::from_utf8_lossy(bytes.get(self.log_start..).unwrap_or_default()).into_owned()
     }
 
+    /// Reads the log later, without borrowing the daemon (for failure messages).
+    pub fn logger(&self) -> impl Fn() -> String {
+        let path = self.log.clone();
+        move || std::fs::read_to_string(&path).unwrap_or_default()
+    }
+
+    /// Panics with the log when the daemon is no longer running.
+    pub fn assert_alive(&mut self, what: &str) {
+        if let Err(e) = self.check_alive() {
+            panic!("{what}: {e}");
+        }
+    }
+
+    /// Waits up to `timeout` for the daemon to exit by itself; panics with the log if it does not.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.reap() {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the daemon did not exit within {timeout:?}\n{}",
+                self.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// The last lines of the log, for failure messages.
     pub fn log_tail(&self) -> String {
         let text = self.log();
@@ -404,4 +433,23 @@ fn psql_quiet(pg: &Postgres, db: &str, sql: &[&str]) -> Option<String> {
             None
         }
     }
+}
+
+/// The indices of the library fixture's schema.json.
+pub const LIBRARY_INDICES: [&str; 2] = ["book", "edition"];
+
+/// Every document of the library fixture's indices after a fresh full build of database `db` as
+/// it is now (`pgsync run --once` into a new search server): what a streamed index must equal.
+pub fn fresh_library_build(pg: &Postgres, db: &str) -> IndexDocs {
+    let os = Osmem::start();
+    let work = Workdir::new(
+        &super::PgsyncConfig::new(pg.port(), os.url()),
+        &super::library_schema(db),
+    );
+    work.pgsync(&["run", "--once"])
+        .assert_code(0, "pgsync run --once (fresh build)");
+    LIBRARY_INDICES
+        .iter()
+        .map(|i| (i.to_string(), os.all_docs(i)))
+        .collect()
 }
