@@ -7,7 +7,9 @@
 //!   ingest rate for the same documents;
 //! - latency: single-row changes 200 ms apart, commit to visible in the index: p50, p95, max.
 //!
-//! Run: `cargo bench --bench streaming -- 100000 50000` (roots, burst changes).
+//! Run: `cargo bench --bench streaming -- 100000 50000` (roots, burst changes). With `--ndjson`
+//! the daemon writes bulk bodies to a file instead of the search server, and "visible" means
+//! "appended to that file": the pipeline's own figures, at sizes osmem cannot hold.
 
 mod common;
 #[path = "../tests/harness/mod.rs"]
@@ -23,12 +25,32 @@ fn main() {
         .collect();
     let n = args.first().copied().unwrap_or(100_000);
     let burst = args.get(1).copied().unwrap_or(50_000);
-    let env = common::setup(n, "");
+    let ndjson = std::env::args().any(|a| a == "--ndjson");
+    let out_file = std::env::temp_dir().join(format!("pgsync-bench-{}.ndjson", std::process::id()));
+    let _ = std::fs::remove_file(&out_file);
+    let extra = if ndjson {
+        format!(
+            "[output]\nkind = \"ndjson\"\npath = \"{}\"\n",
+            out_file.display()
+        )
+    } else {
+        String::new()
+    };
+    let env = common::setup(n, &extra);
     let pg = &env.pg;
     let osmem = &env.osmem;
+    let mut seen = if ndjson {
+        Seen::File {
+            path: out_file.clone(),
+            offset: 0,
+            carry: Vec::new(),
+        }
+    } else {
+        Seen::Search(osmem)
+    };
 
     // The daemon: bootstrap, initial sync, then streaming.
-    let mut daemon = Command::new(harness::pgsync_bin())
+    let daemon = Command::new(harness::pgsync_bin())
         .args(["run", "--config"])
         .arg(&env.config)
         .env("LOG_LEVEL", "warn")
@@ -49,7 +71,9 @@ fn main() {
     eprintln!("initial sync + start: {:.1}s", t.elapsed().as_secs_f64());
     // Let the search server finish what the initial sync gave it before measuring latency.
     let t = Instant::now();
-    osmem.refresh("book");
+    if !ndjson {
+        osmem.refresh("book");
+    }
     eprintln!(
         "refresh after the initial sync: {:.1}s",
         t.elapsed().as_secs_f64()
@@ -68,10 +92,8 @@ fn main() {
         );
         let committed = Instant::now();
         loop {
-            if let Some(doc) = try_doc(osmem, &id.to_string()) {
-                if doc.to_string().contains(&marker) {
-                    break;
-                }
+            if seen.has(&id.to_string(), &marker) {
+                break;
             }
             if committed.elapsed() > Duration::from_secs(30) {
                 panic!("change {i} not visible after 30s");
@@ -145,11 +167,19 @@ fn main() {
     );
     let applied = start.elapsed().as_secs_f64();
     harness::wait_until_blocking(Duration::from_secs(1800), "the burst is reflected", || {
-        try_doc(osmem, "1")
-            .map(|d| d.to_string().contains(&last_marker))
-            .unwrap_or(false)
+        seen.has("1", &last_marker)
     });
     let drained = start.elapsed().as_secs_f64();
+    let _ = std::fs::remove_file(&out_file);
+    if ndjson {
+        stop(daemon);
+        println!(
+            "streaming benchmark, {n} roots, NDJSON file sink (visible = appended to the file)"
+        );
+        print_figures(&lat, burst, applied, drained, implied);
+        println!("search server alone: not measured with --ndjson");
+        return;
+    }
 
     // The search server's own rate for such documents: bulk-index `implied` copies of real ones.
     let sample = (0..600)
@@ -185,26 +215,77 @@ fn main() {
     }
     let se_rate = sent as f64 / t.elapsed().as_secs_f64();
 
+    stop(daemon);
+    println!("streaming benchmark, {n} roots, search server");
+    print_figures(&lat, burst, applied, drained, implied);
+    println!("search server alone (one client, same documents): {se_rate:.0} docs/s");
+}
+
+/// SIGTERM, then the exit status (a graceful stop exits 0).
+fn stop(mut daemon: std::process::Child) {
     let _ = Command::new("kill")
         .arg("-TERM")
         .arg(daemon.id().to_string())
         .status();
     let status = daemon.wait().unwrap();
+    println!("daemon exit after SIGTERM: {status}");
+}
 
-    println!("streaming benchmark, {n} roots");
+fn print_figures(lat: &[f64], burst: u64, applied: f64, drained: f64, implied: u64) {
     println!(
         "latency over {} single-row changes 200 ms apart: p50 {:.1} ms, p95 {:.1} ms, max {:.1} ms",
         lat.len(),
-        common::percentile(&lat, 50.0),
-        common::percentile(&lat, 95.0),
+        common::percentile(lat, 50.0),
+        common::percentile(lat, 95.0),
         lat.last().copied().unwrap_or(0.0)
     );
     println!(
         "burst of {burst} changes: applied by psql in {applied:.2}s, reflected after {drained:.2}s; \
-         {implied} document rebuilds implied -> {:.0} docs/s; search server alone (one client): {se_rate:.0} docs/s",
+         {implied} document rebuilds implied -> {:.0} docs/s",
         implied as f64 / drained
     );
-    println!("daemon exit after SIGTERM: {status}");
+}
+
+/// Where the bench looks for a change: the search server's document, or the NDJSON output.
+enum Seen<'a> {
+    Search(&'a harness::Osmem),
+    File {
+        path: std::path::PathBuf,
+        offset: u64,
+        /// The last bytes already read, so a marker split across two reads is still found.
+        carry: Vec<u8>,
+    },
+}
+
+impl Seen<'_> {
+    /// Whether document `id` now shows `marker`. For the file, every call consumes what was
+    /// appended since the last call.
+    fn has(&mut self, id: &str, marker: &str) -> bool {
+        match self {
+            Seen::Search(osmem) => try_doc(osmem, id)
+                .map(|d| d.to_string().contains(marker))
+                .unwrap_or(false),
+            Seen::File {
+                path,
+                offset,
+                carry,
+            } => {
+                use std::io::{Read, Seek, SeekFrom};
+                let Ok(mut f) = std::fs::File::open(&*path) else {
+                    return false;
+                };
+                let mut new = Vec::new();
+                f.seek(SeekFrom::Start(*offset)).unwrap();
+                f.read_to_end(&mut new).unwrap();
+                *offset += new.len() as u64;
+                carry.extend_from_slice(&new);
+                let found = carry.windows(marker.len()).any(|w| w == marker.as_bytes());
+                let keep = carry.len().saturating_sub(marker.len());
+                carry.drain(..keep);
+                found
+            }
+        }
+    }
 }
 
 fn psql_fast(port: u16, sql: &str) {
