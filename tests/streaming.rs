@@ -125,6 +125,11 @@ mod wal {
     fn the_slot_confirmed_flush_lsn_passes_a_change_once_it_is_indexed() {
         super::slot_advances_after_indexing()
     }
+
+    #[test]
+    fn repeated_changes_behind_a_stalled_engine_merge_into_few_writes() {
+        super::changes_merge_behind_a_stalled_engine()
+    }
 }
 
 /// The same cases with trigger capture: both modes must produce the same index.
@@ -1667,5 +1672,69 @@ fn slot_advances_after_indexing() {
         ok,
         "checkpoints never reached the commit at {commit_end:X}: {:?}",
         s.status()
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Coalescing under backpressure.
+
+/// The search server is stopped (SIGSTOP) while one document is updated 300 times, each in its
+/// own transaction, spread over many coalescing windows. Once it runs again the document must
+/// show the last title, and the number of times it was written (its `_version`) must stay near
+/// the depth of the queues between the stages, far below 300: changes that arrive while the
+/// pipeline is blocked merge before any document is built.
+fn changes_merge_behind_a_stalled_engine() {
+    let mut s = Stream::started("st_stall", Mode::Wal);
+    let version = |os: &Osmem| -> u64 {
+        let (status, v) = os.request("GET", "/book/_doc/1", None).expect("GET book 1");
+        assert_eq!(status, 200, "GET /book/_doc/1: {v}");
+        v["_version"].as_u64().expect("_version")
+    };
+    let before = version(&s.os);
+
+    common::daemon::signal(s.os.pid(), "STOP");
+    let mut sql = String::new();
+    for i in 0..300 {
+        // Spread over ~1.5 s, so the changes fall into many coalescing windows.
+        sql.push_str(&format!(
+            "UPDATE book SET title = 'Stalled {i}' WHERE id = 1; SELECT pg_sleep(0.005);\n"
+        ));
+    }
+    s.sql(&sql);
+    // Every change has reached the daemon before the engine runs again.
+    let received = poll(CHANGE_TIMEOUT, || {
+        Ok(s.sql(
+            "SELECT bool_and(sent_lsn >= pg_current_wal_lsn()) FROM pg_stat_replication \
+             WHERE application_name LIKE 'pgsync%'",
+        ) == "t")
+    });
+    common::daemon::signal(s.os.pid(), "CONT");
+    assert_eq!(received, Ok(true), "the daemon did not receive the changes");
+
+    let mut want = expected_documents();
+    set(&mut want, "book", "1", "/book_title", json!("Stalled 299"));
+    set(
+        &mut want,
+        "book",
+        "1",
+        "/summary",
+        json!("Stalled 299 / 9780140447934 / published / True / library"),
+    );
+    for edition in ["1|1", "1|2"] {
+        set(
+            &mut want,
+            "edition",
+            edition,
+            "/book/title",
+            json!("Stalled 299"),
+        );
+    }
+    s.expect(&want, "the last of 300 updates");
+    let writes = version(&s.os) - before;
+    eprintln!("300 updates written as {writes} versions");
+    assert!(
+        (1..=10).contains(&writes),
+        "300 updates behind a stalled engine were written {writes} times; held-back changes \
+         should merge into a handful of writes"
     );
 }

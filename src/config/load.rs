@@ -523,6 +523,7 @@ fn validate(cfg: &mut Config, fig: &Figment, warnings: &mut Vec<String>) -> Resu
             "capture.coalesce_max_changes",
             cfg.capture.coalesce_max_changes,
         ),
+        ("capture.queue_depth", cfg.capture.queue_depth),
     ] {
         if v == 0 {
             return Err(bad(key, "must be at least 1".to_owned()));

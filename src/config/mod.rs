@@ -226,8 +226,13 @@ pub struct CaptureConfig {
     pub mode: CaptureMode,
     /// Longest time a change waits to be coalesced with others.
     pub coalesce_window_ms: u64,
-    /// Flush the coalescing window early at this many changes.
+    /// Flush the coalescing window early at this many changes; while the fetchers are all busy,
+    /// hold up to this many back so a backlog merges before any document is built.
     pub coalesce_max_changes: usize,
+    /// Capacity, in messages, of the channels between coalescer, fetchers and writers while
+    /// streaming. Shallow on purpose: a backlog then waits in the coalescer, where repeated
+    /// changes to one document merge, not as documents already built.
+    pub queue_depth: usize,
     /// Fallback poll of the change log in `notify` mode.
     pub poll_interval_ms: u64,
     /// Prefix of slot and publication names; the database and index are appended.
@@ -240,6 +245,7 @@ impl Default for CaptureConfig {
             mode: CaptureMode::Wal,
             coalesce_window_ms: 20,
             coalesce_max_changes: 5000,
+            queue_depth: 1,
             poll_interval_ms: 1000,
             slot_prefix: "pgsync".into(),
         }

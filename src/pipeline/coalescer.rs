@@ -27,7 +27,8 @@ use tokio_postgres::Client;
 pub struct CoalesceSettings {
     /// Longest time a change waits for others.
     pub window: Duration,
-    /// Flush early at this many changes.
+    /// Flush early at this many changes; also how many are held back while the fetchers are
+    /// all busy, so a backlog coalesces here instead of queueing as documents built twice.
     pub max_changes: usize,
 }
 
@@ -93,11 +94,25 @@ impl Coalescer {
         e
     }
 
-    fn flush(&mut self, ctx: &mut Context<Self>) {
+    fn arm_timer(&mut self, ctx: &mut Context<Self>) {
+        self.timer = Some(ctx.run_later(self.settings.window, |act, ctx| {
+            act.timer = None;
+            act.flush(ctx, false);
+        }));
+    }
+
+    /// Dispatches the buffer. Unless `force`d (end of input), a full downstream with room left
+    /// in the buffer defers the dispatch by one window: later changes to the same documents then
+    /// merge into it rather than rebuilding them again behind a slow search engine.
+    fn flush(&mut self, ctx: &mut Context<Self>, force: bool) {
         if let Some(h) = self.timer.take() {
             ctx.cancel_future(h);
         }
         if self.position.is_none() {
+            return;
+        }
+        if !force && !self.out.has_room() && self.buffer.len() < self.settings.max_changes {
+            self.arm_timer(ctx);
             return;
         }
         // Without a client (a dispatch is still running) keep the buffer for the next flush;
@@ -180,19 +195,16 @@ impl StreamHandler<Transaction> for Coalescer {
         self.buffer.extend(tx.changes);
         self.position = Some(self.position.map_or(tx.position, |p| p.max(tx.position)));
         if self.buffer.len() >= self.settings.max_changes {
-            self.flush(ctx);
+            self.flush(ctx, false);
         } else if self.timer.is_none() {
-            self.timer = Some(ctx.run_later(self.settings.window, |act, ctx| {
-                act.timer = None;
-                act.flush(ctx);
-            }));
+            self.arm_timer(ctx);
         }
     }
 
     fn finished(&mut self, ctx: &mut Context<Self>) {
         // actix runs queued `wait` futures newest first: queue the stop before the flush.
         ctx.wait(async {}.into_actor(self).map(|_, _, ctx| ctx.stop()));
-        self.flush(ctx);
+        self.flush(ctx, true);
     }
 }
 

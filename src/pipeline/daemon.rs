@@ -365,6 +365,7 @@ pub async fn run_index(
         &stats,
         &err_tx,
         Duration::from_millis(5),
+        cfg.capture.queue_depth,
     );
     let fetch_lanes = spawn_fetchers(
         cfg,
@@ -374,6 +375,7 @@ pub async fn run_index(
         &stats,
         &err_tx,
         cfg.pipeline.fetchers,
+        cfg.capture.queue_depth,
     );
     drop(write_lanes);
     let (cp_tx, cp_rx) = mpsc::unbounded_channel();

@@ -32,7 +32,8 @@ pub fn connector(cfg: &Config, database: &str) -> Connector {
     })
 }
 
-/// The writer stage: `n` writers with bounded inputs. Returns their lanes and done signals.
+/// The writer stage: `n` writers with inputs of `capacity` messages. Returns their lanes and
+/// done signals.
 pub fn spawn_writers(
     cfg: &Config,
     sink: &Sink,
@@ -40,12 +41,13 @@ pub fn spawn_writers(
     stats: &Arc<Stats>,
     errors: &mpsc::UnboundedSender<Error>,
     linger: Duration,
+    capacity: usize,
 ) -> (Lanes<DocChunk>, Vec<tokio::sync::oneshot::Receiver<()>>) {
     let p = &cfg.pipeline;
     let mut senders = vec![];
     let mut dones = vec![];
     for _ in 0..p.writers.max(1) {
-        let (tx, rx) = mpsc::channel(p.channel_capacity.max(1));
+        let (tx, rx) = mpsc::channel(capacity.max(1));
         let (dtx, drx) = tokio::sync::oneshot::channel();
         let settings = WriterSettings {
             batch_docs: p.batch_docs.max(1),
@@ -69,7 +71,8 @@ pub fn spawn_writers(
     (Lanes::new(senders), dones)
 }
 
-/// The fetcher stage: `n` fetchers with bounded inputs, each writing to `out`.
+/// The fetcher stage: `n` fetchers with inputs of `capacity` messages, each writing to `out`.
+#[allow(clippy::too_many_arguments)]
 pub fn spawn_fetchers(
     cfg: &Config,
     plan: &Arc<IndexPlan>,
@@ -78,12 +81,13 @@ pub fn spawn_fetchers(
     stats: &Arc<Stats>,
     errors: &mpsc::UnboundedSender<Error>,
     n: usize,
+    capacity: usize,
 ) -> Lanes<FetchRequest> {
     let p = &cfg.pipeline;
     let connect = connector(cfg, &plan.spec.database);
     let mut senders = vec![];
     for lane in 0..n.max(1) {
-        let (tx, rx) = mpsc::channel(p.channel_capacity.max(1));
+        let (tx, rx) = mpsc::channel(capacity.max(1));
         let settings = Arc::new(FetchSettings {
             plan: plan.clone(),
             with_meta: cfg.documents.meta,
@@ -123,6 +127,7 @@ pub async fn initial_sync(
         &stats,
         &err_tx,
         Duration::from_millis(200),
+        cfg.pipeline.channel_capacity,
     );
     let fetch_lanes = spawn_fetchers(
         cfg,
@@ -132,6 +137,7 @@ pub async fn initial_sync(
         &stats,
         &err_tx,
         cfg.pipeline.fetchers,
+        cfg.pipeline.channel_capacity,
     );
     let blocked = write_lanes.blocked_counter();
     drop(write_lanes);

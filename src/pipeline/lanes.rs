@@ -69,6 +69,11 @@ impl<T: Send + 'static> Lanes<T> {
         }
     }
 
+    /// Whether every lane could take an item now without waiting.
+    pub fn has_room(&self) -> bool {
+        self.senders.iter().all(|s| s.capacity() > 0)
+    }
+
     /// Sends to the next lane in turn.
     pub async fn send_any(&self, item: T) -> Result<(), ()> {
         let lane = self.next.fetch_add(1, Ordering::Relaxed) % self.senders.len();

@@ -291,6 +291,7 @@ impl SearchSink {
         let max = self.inner.max_retries;
         let (mut body, mut ids) = (batch.body, batch.ids);
         loop {
+            let started = std::time::Instant::now();
             let a = self
                 .request(
                     Method::Post,
@@ -301,6 +302,13 @@ impl SearchSink {
                     max,
                 )
                 .await?;
+            tracing::debug!(
+                actions = ids.len(),
+                bytes = body.len(),
+                status = a.status,
+                ms = started.elapsed().as_millis() as u64,
+                "bulk request answered"
+            );
             if !a.ok() {
                 let mut e = self.status_error("POST", "/_bulk", &a);
                 if a.status == 413 {
