@@ -347,6 +347,21 @@ struct Setup {
 }
 
 impl Setup {
+    /// Starts a daemon and waits until it holds the lock and streams every index.
+    fn start_leader(&self, redis: &Redis, name: &str) -> Daemon {
+        let mut d = Daemon::start(&self.work, name);
+        poll(
+            Duration::from_secs(60),
+            &format!("daemon {name} leads and streams"),
+            d.logger(),
+            || {
+                d.assert_alive("starting");
+                self.leads(redis, d.pid()) && self.captures_all(&d.log())
+            },
+        );
+        d
+    }
+
     fn new(prefix: &str, redis: &Redis, lock_ttl_ms: u64) -> Setup {
         Self::with_mode(prefix, redis, lock_ttl_ms, false)
     }
@@ -520,16 +535,7 @@ fn failover(notify: bool) {
     let redis = Redis::start();
     let s = Setup::with_mode("leader_failover", &redis, 1500, notify);
 
-    let mut a = Daemon::start(&s.work, "a");
-    poll(
-        Duration::from_secs(60),
-        "daemon a leads and streams",
-        a.logger(),
-        || {
-            a.assert_alive("a starting");
-            s.leads(&redis, a.pid()) && s.captures_all(&a.log())
-        },
-    );
+    let mut a = s.start_leader(&redis, "a");
     let mut b = Daemon::start(&s.work, "b");
     poll(
         Duration::from_secs(30),
@@ -615,16 +621,7 @@ fn daemon_survives_a_redis_restart_while_changes_flow() {
     let redis = Redis::start();
     // A long lock lifetime: the outage below lasts until a checkpoint write has failed once.
     let s = Setup::new("leader_redis_restart", &redis, 15_000);
-    let mut d = Daemon::start(&s.work, "d");
-    poll(
-        Duration::from_secs(60),
-        "the daemon streams",
-        d.logger(),
-        || {
-            d.assert_alive("starting");
-            s.leads(&redis, d.pid()) && s.captures_all(&d.log())
-        },
-    );
+    let mut d = s.start_leader(&redis, "d");
     let changes = s.changes();
     changes.wait_for(15, "changes flow");
     // A restart (stop, then start again empty on the same port) with the server down long
@@ -678,16 +675,7 @@ fn daemon_survives_a_redis_restart_while_changes_flow() {
 fn leader_stops_with_an_error_when_its_lock_is_taken() {
     let redis = Redis::start();
     let s = Setup::new("leader_lock_taken", &redis, 1500);
-    let mut d = Daemon::start(&s.work, "d");
-    poll(
-        Duration::from_secs(60),
-        "the daemon streams",
-        d.logger(),
-        || {
-            d.assert_alive("starting");
-            s.leads(&redis, d.pid()) && s.captures_all(&d.log())
-        },
-    );
+    let mut d = s.start_leader(&redis, "d");
     redis.cmd(&["SET", &lock_key(&s.slot("book")), "intruder-host:1:0"]);
     let status = d.wait_exit(Duration::from_secs(10));
     let log = d.log();
