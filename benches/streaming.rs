@@ -3,8 +3,8 @@
 //! - throughput: a burst of mixed changes (title updates, rating inserts and deletes, subject
 //!   moves, new books, and author renames that fan out to many books) applied as fast as
 //!   PostgreSQL takes them; time from the first commit until the index reflects the last change,
-//!   and the number of document rebuilds the burst implies, beside the search server's own
-//!   ingest rate for the same documents;
+//!   and the number of distinct documents the burst touches, beside the search server's own
+//!   rate for overwriting existing documents of the index (what the burst asks of it);
 //! - latency: single-row changes 200 ms apart, commit to visible in the index: p50, p95, max.
 //!
 //! Run: `cargo bench --bench streaming -- 100000 50000` (roots, burst changes). With `--ndjson`
