@@ -32,14 +32,14 @@ mod compare;
 mod sqlsplit;
 
 use compare::{compare_index, parse_dump, ArrayRules, Diff, Dump};
-use harness::{pg_bin_dir, pgsync_bin, Osmem, Postgres};
+use harness::{pg_bin_dir, pgsync_bin, Osmem, Postgres, Watchdog};
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::Write;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 /// Deliberate differences from PGSync 7.3: `(fixture, field path, reason)`.
@@ -674,30 +674,18 @@ fn run_once(config: &Path, log: &Path) -> Result<(), String> {
 /// test process dies without unwinding.
 struct Daemon {
     child: Child,
-    watchdog: Option<(Child, ChildStdin)>,
+    /// Dropped after the child is killed in `drop`.
+    _watchdog: Watchdog,
     log: PathBuf,
 }
 
 impl Daemon {
     fn start(config: &Path, log: &Path) -> Result<Daemon, String> {
         let child = spawn_pgsync(&["run"], config, log)?;
-        let watchdog = Command::new("sh")
-            .arg("-c")
-            .arg("while read -r _l; do :; done; kill -s KILL \"$1\" 2>/dev/null")
-            .arg("pgsync-conformance-watchdog")
-            .arg(child.id().to_string())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .ok()
-            .map(|mut w| {
-                let stdin = w.stdin.take().unwrap();
-                (w, stdin)
-            });
+        let _watchdog = Watchdog::kill_on_exit(child.id());
         Ok(Daemon {
             child,
-            watchdog,
+            _watchdog,
             log: log.to_path_buf(),
         })
     }
@@ -750,11 +738,6 @@ impl Drop for Daemon {
             let _ = self.child.kill();
         }
         let _ = self.child.wait();
-        if let Some((mut w, stdin)) = self.watchdog.take() {
-            let _ = w.kill();
-            let _ = w.wait();
-            drop(stdin);
-        }
     }
 }
 

@@ -5,12 +5,12 @@
 //! database together with its slots (so slots never pile up in the shared server).
 
 use super::{json_diff, Workdir};
-use crate::harness::{Osmem, Postgres};
+use crate::harness::{Osmem, Postgres, Watchdog};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::PathBuf;
-use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 /// Documents of several indices: `{index: {_id: _source}}`.
@@ -57,7 +57,8 @@ pub fn set_capture_mode(work: &Workdir, mode: Mode) {
 /// unwinding.
 pub struct Daemon {
     child: Child,
-    watchdog: Option<(Child, ChildStdin)>,
+    /// Dropped after the child is killed in `drop`.
+    _watchdog: Watchdog,
     log: PathBuf,
     /// Length of the log file when this daemon started: a restarted daemon appends to it.
     log_start: usize,
@@ -94,23 +95,10 @@ impl Daemon {
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run {}: {e}", super::pgsync_bin().display()));
-        let watchdog = Command::new("sh")
-            .arg("-c")
-            .arg("while read -r _l; do :; done; kill -s KILL \"$1\" 2>/dev/null")
-            .arg("pgsync-streaming-watchdog")
-            .arg(child.id().to_string())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .ok()
-            .map(|mut w| {
-                let stdin = w.stdin.take().unwrap();
-                (w, stdin)
-            });
+        let _watchdog = Watchdog::kill_on_exit(child.id());
         Daemon {
             child,
-            watchdog,
+            _watchdog,
             log,
             log_start,
             status: None,
@@ -234,11 +222,6 @@ impl Drop for Daemon {
         if self.reap().is_none() {
             let _ = self.child.kill();
             let _ = self.child.wait();
-        }
-        if let Some((mut w, stdin)) = self.watchdog.take() {
-            let _ = w.kill();
-            let _ = w.wait();
-            drop(stdin);
         }
     }
 }

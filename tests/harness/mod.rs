@@ -19,7 +19,7 @@ mod redis;
 
 pub use osmem::{http_request, osmem_bin, Osmem};
 pub use postgres::{pg_bin_dir, quote_ident, shared_postgres, unique_db_name, Postgres};
-pub use process::free_port;
+pub use process::{free_port, Watchdog};
 pub use redis::{redis_cmd, Redis, Resp};
 
 use std::future::Future;

@@ -191,6 +191,28 @@ fn spawn_watchdog(
     Ok((child, stdin))
 }
 
+/// Kills a process (SIGKILL) when the test process dies without unwinding; disarmed, without
+/// touching the process, when dropped. For children the test stops by itself, such as daemons.
+pub struct Watchdog(Option<(Child, ChildStdin)>);
+
+impl Watchdog {
+    /// Watches `pid`; without `sh`, watches nothing (the test's own cleanup still runs).
+    pub fn kill_on_exit(pid: u32) -> Watchdog {
+        Watchdog(spawn_watchdog(pid, "KILL", None).ok())
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        // Killed rather than released: the watched process may be gone and its PID reused.
+        if let Some((mut w, stdin)) = self.0.take() {
+            let _ = w.kill();
+            let _ = w.wait();
+            drop(stdin);
+        }
+    }
+}
+
 /// Sends a named signal through `kill(1)`; `std` only offers SIGKILL and
 /// `libc` is not a dependency of the tests.
 pub fn send_signal(pid: u32, signal: &str) {
