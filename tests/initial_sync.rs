@@ -6,7 +6,8 @@ mod common;
 mod harness;
 
 use common::{
-    assert_documents, expected_documents, library_schema, load_library, PgsyncConfig, Workdir,
+    assert_documents, expected_documents, library_schema, load_library, LibraryBed, PgsyncConfig,
+    Workdir,
 };
 use harness::{free_port, http_request, shared_postgres, Osmem};
 use std::collections::BTreeMap;
@@ -19,13 +20,7 @@ struct Library {
 }
 
 fn library(prefix: &str) -> Library {
-    let pg = shared_postgres();
-    let db = load_library(pg, prefix);
-    let os = Osmem::start();
-    let work = Workdir::new(
-        &PgsyncConfig::new(pg.port(), os.url()),
-        &library_schema(&db),
-    );
+    let LibraryBed { db, os, work, .. } = LibraryBed::new(prefix);
     Library { db, os, work }
 }
 

@@ -15,8 +15,8 @@ mod common;
 mod harness;
 
 use common::daemon::Daemon;
-use common::{assert_documents, json_eq, library_schema, load_library, PgsyncConfig, Workdir};
-use harness::{shared_postgres, Osmem, Postgres, Redis, Resp};
+use common::{assert_documents, json_eq, LibraryBed, Workdir};
+use harness::{Osmem, Postgres, Redis, Resp};
 use pgsync_rs::checkpoint::{
     lock_key, redis_client, redis_key, CheckpointRecord, LeaderLock, Renewal, Store,
 };
@@ -368,13 +368,7 @@ impl Setup {
 
     /// Like [`Setup::new`], with `[capture] mode = "notify"` when `notify`.
     fn with_mode(prefix: &str, redis: &Redis, lock_ttl_ms: u64, notify: bool) -> Setup {
-        let pg = shared_postgres();
-        let db = load_library(pg, prefix);
-        let os = Osmem::start();
-        let work = Workdir::new(
-            &PgsyncConfig::new(pg.port(), os.url()),
-            &library_schema(&db),
-        );
+        let LibraryBed { pg, db, os, work } = LibraryBed::new(prefix);
         let toml = std::fs::read_to_string(&work.config).unwrap();
         let toml = toml.replacen(
             "[checkpoint]\n",

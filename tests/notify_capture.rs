@@ -7,8 +7,8 @@ mod common;
 mod harness;
 
 use common::daemon::{await_documents, set_capture_mode, Daemon, IndexDocs, Mode};
-use common::{library_schema, load_library, PgsyncConfig, Workdir};
-use harness::{shared_postgres, Osmem, Postgres};
+use common::{LibraryBed, Workdir};
+use harness::{Osmem, Postgres};
 use std::time::Duration;
 
 const CONVERGE: Duration = Duration::from_secs(60);
@@ -21,13 +21,7 @@ struct Setup {
 }
 
 fn setup(prefix: &str) -> Setup {
-    let pg = shared_postgres();
-    let db = load_library(pg, prefix);
-    let os = Osmem::start();
-    let work = Workdir::new(
-        &PgsyncConfig::new(pg.port(), os.url()),
-        &library_schema(&db),
-    );
+    let LibraryBed { pg, db, os, work } = LibraryBed::new(prefix);
     set_capture_mode(&work, Mode::Notify);
     Setup { pg, db, os, work }
 }

@@ -25,8 +25,8 @@ use common::daemon::{
     active_slots, await_documents, confirmed_flush_lsn, differences, drop_database_and_slots,
     parse_lsn, poll, set_capture_mode, sql_literal, Daemon, IndexDocs, Mode,
 };
-use common::{expected_documents, library_schema, load_library, PgsyncConfig, Workdir};
-use harness::{shared_postgres, Osmem, Postgres};
+use common::{expected_documents, LibraryBed, Workdir};
+use harness::{Osmem, Postgres};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -156,16 +156,10 @@ struct Stream {
 impl Stream {
     /// The fixture, plus `setup` run on it before anything else.
     fn with_setup(prefix: &str, mode: Mode, setup: &str) -> Stream {
-        let pg = shared_postgres();
-        let db = load_library(pg, prefix);
+        let LibraryBed { pg, db, os, work } = LibraryBed::new(prefix);
         if !setup.is_empty() {
             pg.psql(&db, setup);
         }
-        let os = Osmem::start();
-        let work = Workdir::new(
-            &PgsyncConfig::new(pg.port(), os.url()),
-            &library_schema(&db),
-        );
         set_capture_mode(&work, mode);
         Stream {
             pg,

@@ -15,6 +15,29 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// The library fixture in a fresh database, a private osmem, and a work dir whose config points
+/// at both: where most end-to-end tests start.
+pub struct LibraryBed {
+    pub pg: &'static Postgres,
+    pub db: String,
+    pub os: crate::harness::Osmem,
+    pub work: Workdir,
+}
+
+impl LibraryBed {
+    /// A database named after `prefix`, loaded with the fixture.
+    pub fn new(prefix: &str) -> LibraryBed {
+        let pg = crate::harness::shared_postgres();
+        let db = load_library(pg, prefix);
+        let os = crate::harness::Osmem::start();
+        let work = Workdir::new(
+            &PgsyncConfig::new(pg.port(), os.url()),
+            &library_schema(&db),
+        );
+        LibraryBed { pg, db, os, work }
+    }
+}
+
 /// The database name written in the fixture's schema.json; tests replace it with theirs.
 pub const FIXTURE_DATABASE: &str = "library";
 
