@@ -24,6 +24,7 @@
 //! Environment: `PGSYNC_CONFORMANCE_ONLY=book,through` runs a subset;
 //! `PGSYNC_CONFORMANCE_TIMEOUT_SECS` (default 90) bounds each wait.
 
+mod common;
 mod harness;
 
 #[path = "conformance/compare.rs"]
@@ -31,6 +32,7 @@ mod compare;
 #[path = "conformance/sqlsplit.rs"]
 mod sqlsplit;
 
+use common::daemon::{active_slots, drop_database_and_slots};
 use compare::{compare_index, parse_dump, ArrayRules, Diff, Dump};
 use harness::{pg_bin_dir, pgsync_bin, Osmem, Postgres, Watchdog};
 use serde_json::Value;
@@ -290,7 +292,9 @@ fn run_fixture(pg: &Postgres, dir: &Path, phase: Phase) -> Outcome {
             .lines
             .insert(0, format!("panicked: {}", panic_text(&panic))),
     }
-    if let Err(p) = catch_unwind(AssertUnwindSafe(|| drop_database(pg, &fx.database))) {
+    if let Err(p) = catch_unwind(AssertUnwindSafe(|| {
+        drop_database_and_slots(pg, &fx.database)
+    })) {
         out.lines
             .push(format!("cleanup failed: {}", panic_text(&p)));
     }
@@ -479,58 +483,8 @@ fn streaming_phase(pg: &Postgres, fx: &Fixture, out: &mut Outcome) -> Result<(),
 // ---------------------------------------------------------------------------
 // PostgreSQL.
 
-fn sql_literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
-}
-
-fn active_slots(pg: &Postgres, db: &str) -> usize {
-    pg.psql(
-        "postgres",
-        &format!(
-            "SELECT count(*) FROM pg_replication_slots WHERE database = {} AND active",
-            sql_literal(db)
-        ),
-    )
-    .trim()
-    .parse()
-    .unwrap_or(0)
-}
-
-/// Drops the database and every replication slot on it (terminating the
-/// walsenders that still hold them).
-fn drop_database(pg: &Postgres, db: &str) {
-    let lit = sql_literal(db);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        pg.psql(
-            "postgres",
-            &format!(
-                "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots \
-                 WHERE database = {lit} AND active_pid IS NOT NULL"
-            ),
-        );
-        let left = pg.psql(
-            "postgres",
-            &format!(
-                "SELECT count(pg_drop_replication_slot(slot_name)) FROM pg_replication_slots \
-                 WHERE database = {lit} AND NOT active;
-                 SELECT count(*) FROM pg_replication_slots WHERE database = {lit}"
-            ),
-        );
-        if left.lines().last() == Some("0") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "replication slots on {db} could not be dropped"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    pg.drop_database(db);
-}
-
 fn create_database(pg: &Postgres, fx: &Fixture) -> Result<(), String> {
-    drop_database(pg, &fx.database);
+    drop_database_and_slots(pg, &fx.database);
     pg.create_database(&fx.database);
     pg.psql_file(&fx.database, fx.dir.join("setup.sql"));
     Ok(())
