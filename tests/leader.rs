@@ -15,6 +15,7 @@ mod common;
 mod harness;
 
 use common::daemon::Daemon;
+use common::daemon::LIBRARY_INDICES as INDICES;
 use common::{assert_documents, json_eq, LibraryBed, Workdir};
 use harness::{Osmem, Postgres, Redis, Resp};
 use pgsync_rs::checkpoint::{
@@ -25,8 +26,6 @@ use serde_json::Value;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-const INDICES: [&str; 2] = ["book", "edition"];
 
 // ---------------------------------------------------------------------------------------------
 // The lock and the store, through the library.

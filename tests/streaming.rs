@@ -21,6 +21,7 @@
 mod common;
 mod harness;
 
+use common::daemon::LIBRARY_INDICES as INDICES;
 use common::daemon::{
     active_slots, await_documents, confirmed_flush_lsn, differences, drop_database_and_slots,
     parse_lsn, poll, set_capture_mode, sql_literal, Daemon, IndexDocs, Mode,
@@ -33,9 +34,6 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_postgres::SimpleQueryMessage;
-
-/// The indices of the fixture's schema.json.
-const INDICES: [&str; 2] = ["book", "edition"];
 
 /// Longest wait for the daemon to finish its initial sync and start streaming.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -1695,12 +1693,14 @@ fn changes_merge_behind_a_stalled_engine() {
         ));
     }
     s.sql(&sql);
-    // Every change has reached the daemon before the engine runs again.
+    // Every change has reached the daemon before the engine runs again. (The position is taken
+    // once: other tests keep writing WAL on the shared server.)
+    let end = s.sql("SELECT pg_current_wal_lsn()");
     let received = poll(CHANGE_TIMEOUT, || {
-        Ok(s.sql(
-            "SELECT bool_and(sent_lsn >= pg_current_wal_lsn()) FROM pg_stat_replication \
-             WHERE application_name LIKE 'pgsync%'",
-        ) == "t")
+        Ok(s.sql(&format!(
+            "SELECT bool_and(sent_lsn >= '{end}') FROM pg_stat_replication \
+             WHERE application_name LIKE 'pgsync%'"
+        )) == "t")
     });
     common::daemon::signal(s.os.pid(), "CONT");
     assert_eq!(received, Ok(true), "the daemon did not receive the changes");
@@ -1728,7 +1728,7 @@ fn changes_merge_behind_a_stalled_engine() {
     eprintln!("300 updates written as {writes} versions");
     assert!(
         (1..=10).contains(&writes),
-        "300 updates behind a stalled engine were written {writes} times; held-back changes \
-         should merge into a handful of writes"
+        "300 updates behind a stalled engine were written {writes} times; changes queued \
+         behind the stall should merge into a handful of writes"
     );
 }
