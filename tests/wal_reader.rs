@@ -6,7 +6,8 @@ mod harness;
 
 use harness::{quote_ident, shared_postgres, unique_db_name, wait_until, Postgres};
 use pgsync_rs::config::{Config, Secret};
-use pgsync_rs::pipeline::messages::{Change, ChangeOp, Row, TableId, Transaction};
+use pgsync_rs::schema::TableId;
+use pgsync_rs::source::change::{Change, ChangeOp, Row, Transaction};
 use pgsync_rs::source::slot::{
     advance_slot, bootstrap, check_replication_ready, parse_lsn, publication_name, slot_name,
     slot_status, teardown, SlotStatus, TeardownOutcome,

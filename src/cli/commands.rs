@@ -1,9 +1,10 @@
 //! What each subcommand does.
 
-use super::{load_schema, resolve_all, Command};
+use super::Command;
 use crate::config::Config;
 use crate::pipeline::initial::initial_sync;
 use crate::schema::mapping::index_body;
+use crate::schema::{load as load_schema, resolve_all};
 use crate::sink::Sink;
 use crate::{Error, Result};
 use std::sync::Arc;
@@ -20,9 +21,9 @@ pub async fn dispatch(cmd: Command, cfg: Config) -> Result<i32> {
             once: false,
             recreate,
         } => crate::pipeline::daemon::run(&cfg, recreate).await,
-        Command::Bootstrap => crate::pipeline::daemon::bootstrap(&cfg).await.map(|_| 0),
-        Command::Teardown => crate::pipeline::daemon::teardown(&cfg).await.map(|_| 0),
-        Command::Status => crate::pipeline::daemon::status(&cfg).await.map(|_| 0),
+        Command::Bootstrap => super::admin::bootstrap(&cfg).await.map(|_| 0),
+        Command::Teardown => super::admin::teardown(&cfg).await.map(|_| 0),
+        Command::Status => super::admin::status(&cfg).await.map(|_| 0),
     }
 }
 
@@ -61,7 +62,7 @@ pub async fn run_once(cfg: &Config, recreate: bool) -> Result<i32> {
     let mut failed = 0;
     for plan in plans {
         let plan = Arc::new(plan);
-        super::warn_plugins(&plan);
+        plan.warn_plugins();
         sink.ensure_index(&plan.spec.index, &index_body(&plan), recreate)
             .await?;
         let summary = initial_sync(cfg, plan.clone(), sink.clone(), None).await?;

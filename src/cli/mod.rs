@@ -1,12 +1,10 @@
 //! Command-line interface: `pgsync validate | bootstrap | run | teardown | status`.
 
+mod admin;
 mod commands;
 
 use crate::config::{self, Config, LogFormat};
-use crate::schema::parse;
-use crate::schema::resolve::{self, Catalog, IndexPlan};
-use crate::schema::SchemaFile;
-use crate::{Error, ErrorKind, Result};
+use crate::ErrorKind;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
@@ -95,49 +93,4 @@ fn init_logging(cfg: &Config) {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder.try_init(),
     };
-}
-
-/// Reads schema.json named by the configuration.
-pub fn load_schema(cfg: &Config) -> Result<SchemaFile> {
-    parse::parse_file(&cfg.schema.path).map_err(Error::from)
-}
-
-/// Resolves every index of the schema against its database, reporting every problem at once.
-pub async fn resolve_all(cfg: &Config, file: &SchemaFile) -> Result<Vec<IndexPlan>> {
-    let mut by_db: Vec<(String, Vec<usize>)> = vec![];
-    for (i, spec) in file.indices.iter().enumerate() {
-        match by_db.iter_mut().find(|(d, _)| *d == spec.database) {
-            Some((_, v)) => v.push(i),
-            None => by_db.push((spec.database.clone(), vec![i])),
-        }
-    }
-    let mut plans = vec![];
-    let mut problems = vec![];
-    for (db, idxs) in by_db {
-        let client = config::connect(cfg, &db).await?;
-        let sub = SchemaFile {
-            path: file.path.clone(),
-            indices: idxs.iter().map(|&i| file.indices[i].clone()).collect(),
-        };
-        let catalog = Catalog::load(&client, &resolve::schemas_of(&sub)).await?;
-        match resolve::resolve(&sub, &catalog) {
-            Ok(p) => plans.extend(p),
-            Err(p) => problems.extend(p),
-        }
-    }
-    if !problems.is_empty() {
-        let mut msg = format!("{} problem(s) in {}:", problems.len(), file.path.display());
-        for p in &problems {
-            msg.push_str(&format!("\n  {}: {p}", file.path.display()));
-        }
-        return Err(Error::schema(msg));
-    }
-    Ok(plans)
-}
-
-/// Logs that PGSync plugins are not run.
-pub fn warn_plugins(plan: &IndexPlan) {
-    for plugin in &plan.spec.plugins {
-        tracing::warn!(index = %plan.spec.index, plugin = %plugin, "PGSync plugins are Python code and are not run");
-    }
 }

@@ -6,11 +6,11 @@
 //! changes all reduce to "rebuild these keys".
 
 use super::lanes::{Lanes, ReceiverStream};
-use super::messages::{
-    Change, ChangeOp, Completion, FetchRequest, RootKey, Row, TableId, Transaction,
-};
+use super::messages::{Completion, FetchRequest, RootKey};
 use crate::checkpoint::Event;
 use crate::schema::resolve::{FieldSource, IndexPlan};
+use crate::schema::TableId;
+use crate::source::change::{Change, ChangeOp, Row, Transaction};
 use crate::sql::document::{doc_id, RootFilter};
 use crate::sql::roots::{effects, Effect};
 use crate::{Error, Result};

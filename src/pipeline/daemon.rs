@@ -1,16 +1,17 @@
-//! `pgsync run` as a daemon, and `bootstrap` / `teardown` / `status`. Per index: bootstrap the
+//! `pgsync run` as a daemon. Per index: bootstrap the
 //! publication and slot (idempotent), run the initial sync when there is no checkpoint, then
 //! stream: WAL reader → coalescer → fetchers → writers, with the checkpointer advancing the slot
 //! only over positions whose documents are all written. SIGTERM/SIGINT stop the reader, drain
 //! what is in flight, store the checkpoint and exit 0.
 
+use super::bootstrap::{bootstrap_index, log_names, names};
 use super::coalescer::{CoalesceSettings, Coalescer};
 use super::initial::{connector, initial_sync, spawn_fetchers, spawn_writers};
 use crate::checkpoint::{CheckpointRecord, Checkpointer, Store};
-use crate::cli::{load_schema, resolve_all};
 use crate::config::{CaptureMode, Config};
 use crate::schema::mapping::index_body;
 use crate::schema::resolve::IndexPlan;
+use crate::schema::{load as load_schema, resolve_all};
 use crate::sink::Sink;
 use crate::source::{notify, slot};
 use crate::{Error, Result};
@@ -18,195 +19,6 @@ use actix::prelude::*;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
-
-/// Names of what bootstrap creates for an index.
-pub struct Names {
-    /// Replication slot.
-    pub slot: String,
-    /// Publication.
-    pub publication: String,
-}
-
-/// Slot and publication names for `plan`.
-pub fn names(cfg: &Config, plan: &IndexPlan) -> Names {
-    let p = &cfg.capture.slot_prefix;
-    Names {
-        slot: slot::slot_name(p, &plan.spec.database, &plan.spec.index),
-        publication: slot::publication_name(p, &plan.spec.database, &plan.spec.index),
-    }
-}
-
-/// Tables that need REPLICA IDENTITY FULL: every table except one that appears only as the root
-/// (its key alone identifies the document; other tables need their old foreign-key values).
-pub fn full_identity_tables(plan: &IndexPlan) -> Vec<crate::pipeline::messages::TableId> {
-    let root = &plan.root.table;
-    let elsewhere = plan.nodes().iter().skip(1).any(|(n, _)| &n.table == root);
-    plan.tables()
-        .into_iter()
-        .filter(|t| t != root || elsewhere)
-        .collect()
-}
-
-/// What bootstrap found or made for one index, in either capture mode.
-pub struct Boot {
-    /// The slot (wal) or change log (notify) is new: nothing was captured before, so the index
-    /// needs an initial sync.
-    pub created: bool,
-    /// Where streaming starts after an initial sync: the slot's consistent point (wal), or the
-    /// server's transaction-id horizon read after the triggers exist (notify).
-    pub start: u64,
-    /// A line for `pgsync bootstrap` to print.
-    pub summary: String,
-}
-
-async fn bootstrap_index(cfg: &Config, plan: &IndexPlan) -> Result<Boot> {
-    let n = names(cfg, plan);
-    let ctx = |e: Error| e.context(format!("bootstrap of index {}", plan.spec.index));
-    match cfg.capture.mode {
-        CaptureMode::Wal => {
-            let client = crate::config::connect(cfg, &plan.spec.database).await?;
-            slot::check_replication_ready(&client, &n.slot).await?;
-            let out = slot::bootstrap(
-                &client,
-                &n.slot,
-                &n.publication,
-                &plan.tables(),
-                &full_identity_tables(plan),
-            )
-            .await
-            .map_err(ctx)?;
-            Ok(Boot {
-                created: out.slot_created,
-                start: out.consistent_lsn,
-                summary: format!(
-                    "slot {} ({}), publication {} ({})",
-                    n.slot,
-                    if out.slot_created {
-                        "created"
-                    } else {
-                        "exists"
-                    },
-                    n.publication,
-                    if out.publication_changed {
-                        "created or updated"
-                    } else {
-                        "unchanged"
-                    },
-                ),
-            })
-        }
-        CaptureMode::Notify => {
-            let mut client = crate::config::connect(cfg, &plan.spec.database).await?;
-            let log = log_names(cfg, plan);
-            let out = notify::install(&mut client, &log, plan)
-                .await
-                .map_err(ctx)?;
-            // Every transaction below this horizon has ended, and those that wrote a table did
-            // so before its trigger existed or are in the log: a sync started now sees them all.
-            let start = notify::current_xmin(&client).await.map_err(ctx)?;
-            Ok(Boot {
-                created: out.log_created,
-                start,
-                summary: format!(
-                    "change log {}.{} ({}), triggers {} and {} on {} table(s), channel {}",
-                    log.schema,
-                    log.table,
-                    if out.log_created { "created" } else { "exists" },
-                    log.row_trigger,
-                    log.truncate_trigger,
-                    out.tables,
-                    log.channel
-                ),
-            })
-        }
-    }
-}
-
-/// Change-log names of `plan` in notify mode.
-pub fn log_names(cfg: &Config, plan: &IndexPlan) -> notify::LogNames {
-    notify::LogNames::new(
-        &cfg.capture.slot_prefix,
-        &plan.spec.database,
-        &plan.spec.index,
-    )
-}
-
-/// `pgsync bootstrap`.
-pub async fn bootstrap(cfg: &Config) -> Result<()> {
-    let file = load_schema(cfg)?;
-    for plan in resolve_all(cfg, &file).await? {
-        let boot = bootstrap_index(cfg, &plan).await?;
-        println!("index {}: {}", plan.spec.index, boot.summary);
-    }
-    Ok(())
-}
-
-/// `pgsync teardown`: removes what bootstrap made in either capture mode (a slot, publication or
-/// change log that does not exist is skipped), and the checkpoint.
-pub async fn teardown(cfg: &Config) -> Result<()> {
-    let file = load_schema(cfg)?;
-    let store = Store::open(&cfg.checkpoint).await?;
-    for plan in resolve_all(cfg, &file).await? {
-        let mut client = crate::config::connect(cfg, &plan.spec.database).await?;
-        let n = names(cfg, &plan);
-        slot::teardown(&client, &n.slot, &n.publication).await?;
-        let log = log_names(cfg, &plan);
-        notify::remove(&mut client, &log, &plan.tables()).await?;
-        store.remove(&n.slot).await?;
-        println!(
-            "index {}: removed slot {}, publication {}, change log {} with its triggers, and checkpoint",
-            plan.spec.index, n.slot, n.publication, log.table
-        );
-    }
-    Ok(())
-}
-
-/// `pgsync status`.
-pub async fn status(cfg: &Config) -> Result<()> {
-    let file = load_schema(cfg)?;
-    let store = Store::open(&cfg.checkpoint).await?;
-    for plan in resolve_all(cfg, &file).await? {
-        let client = crate::config::connect(cfg, &plan.spec.database).await?;
-        let n = names(cfg, &plan);
-        let cp = store.load(&n.slot).await?;
-        match slot::slot_status(&client, &n.slot).await? {
-            Some(s) => println!(
-                "index {}: slot {} active={} confirmed_flush_lsn={} retained_wal_bytes={} checkpoint={}",
-                plan.spec.index,
-                n.slot,
-                s.active,
-                slot::format_lsn(s.confirmed_flush_lsn),
-                s.retained_wal_bytes,
-                cp.as_ref().map(|c| slot::format_lsn(c.position)).unwrap_or_else(|| "none".into())
-            ),
-            None if cfg.capture.mode == CaptureMode::Wal => {
-                println!("index {}: not bootstrapped (no slot {})", plan.spec.index, n.slot)
-            }
-            None => {}
-        }
-        if cfg.capture.mode == CaptureMode::Notify {
-            let log = log_names(cfg, &plan);
-            match notify::backlog(&client, &log).await? {
-                Some((rows, oldest)) => println!(
-                    "index {}: change log {} rows={} oldest_xid={} checkpoint={}",
-                    plan.spec.index,
-                    log.table,
-                    rows,
-                    oldest
-                        .map(|x| x.to_string())
-                        .unwrap_or_else(|| "none".into()),
-                    cp.map(|c| c.position.to_string())
-                        .unwrap_or_else(|| "none".into())
-                ),
-                None => println!(
-                    "index {}: not bootstrapped (no change log {})",
-                    plan.spec.index, log.table
-                ),
-            }
-        }
-    }
-    Ok(())
-}
 
 /// `pgsync run` without `--once`.
 pub async fn run(cfg: &Config, recreate: bool) -> Result<i32> {
@@ -327,7 +139,7 @@ pub async fn run_index(
     recreate: bool,
 ) -> Result<()> {
     let index = plan.spec.index.clone();
-    crate::cli::warn_plugins(&plan);
+    plan.warn_plugins();
     let boot = bootstrap_index(cfg, &plan).await?;
     tracing::info!(index = %index, "bootstrap: {}", boot.summary);
     let n = names(cfg, &plan);

@@ -4,6 +4,7 @@
 //! mailboxes alone do not bound it). Stages are spawned back to front so each is handed the
 //! senders of its downstream stage.
 
+pub mod bootstrap;
 pub mod coalescer;
 pub mod daemon;
 pub mod fetcher;

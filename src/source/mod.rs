@@ -1,6 +1,7 @@
 //! Where changes come from: the WAL through a logical replication slot (`wal`), or row triggers
 //! writing a change log and waking us with `pg_notify` (`notify`).
 
+pub mod change;
 pub mod notify;
 pub mod pgoutput;
 pub mod slot;

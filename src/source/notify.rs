@@ -25,8 +25,9 @@
 
 use crate::config::Config;
 use crate::error::{Error, ErrorKind, Result};
-use crate::pipeline::messages::{Change, ChangeOp, Row, TableId, Transaction};
 use crate::schema::resolve::{FieldSource, IndexPlan};
+use crate::schema::TableId;
+use crate::source::change::{Change, ChangeOp, Row, Transaction};
 use crate::sql::roots::{effects, Effect};
 use actix::prelude::*;
 use std::collections::{BTreeSet, HashMap};

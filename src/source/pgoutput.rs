@@ -10,7 +10,8 @@
 //! Every read is bounds-checked: malformed or truncated input is an error, never a panic.
 
 use crate::error::{Error, Result};
-use crate::pipeline::messages::{Change, ChangeOp, Row, TableId};
+use crate::schema::TableId;
+use crate::source::change::{Change, ChangeOp, Row};
 use std::collections::HashMap;
 use std::sync::Arc;
 

@@ -6,7 +6,7 @@
 //! idempotent: running [`bootstrap`] or [`teardown`] again changes nothing.
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::pipeline::messages::TableId;
+use crate::schema::TableId;
 use std::collections::BTreeSet;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;

@@ -37,7 +37,7 @@
 
 use crate::config::Secret;
 use crate::error::{Error, ErrorKind, Result};
-use crate::pipeline::messages::{Change, Transaction};
+use crate::source::change::{Change, Transaction};
 use crate::source::pgoutput::{decode, RelationCache};
 use crate::source::slot::format_lsn;
 use actix::prelude::*;

@@ -102,7 +102,7 @@ pub fn alias(n: &PlanNode) -> String {
 }
 
 /// Schema-qualified, quoted table name.
-pub fn table_sql(t: &crate::pipeline::messages::TableId) -> String {
+pub fn table_sql(t: &crate::schema::TableId) -> String {
     format!("{}.{}", quote_ident(&t.schema), quote_ident(&t.name))
 }
 

@@ -6,8 +6,8 @@
 
 use super::document::{keys_in_params, table_sql};
 use super::quote_ident;
-use crate::pipeline::messages::TableId;
 use crate::schema::resolve::{IndexPlan, Join, PlanNode};
+use crate::schema::TableId;
 
 /// How a change to a table affects the documents of an index.
 #[derive(Debug, Clone)]

@@ -1,0 +1,46 @@
+//! Row changes as the sources capture them, before the pipeline turns them into documents.
+
+use crate::schema::TableId;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// What happened to a row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ChangeOp {
+    /// A new row.
+    Insert,
+    /// A changed row.
+    Update,
+    /// A removed row.
+    Delete,
+    /// Every row of the table removed.
+    Truncate,
+}
+
+/// Column values of one row in PostgreSQL's text format. A column whose value is not known
+/// (an unchanged TOAST value, or a column outside the replica identity) is absent; SQL NULL is
+/// `Some(None)`-style: present with `None`.
+pub type Row = HashMap<String, Option<String>>;
+
+/// One row change, as captured from the WAL or the trigger change log.
+#[derive(Debug, Clone)]
+pub struct Change {
+    /// The changed table.
+    pub table: Arc<TableId>,
+    /// Insert, update, delete or truncate.
+    pub op: ChangeOp,
+    /// Values before the change (update/delete; may hold only the key columns).
+    pub old: Option<Row>,
+    /// Values after the change (insert/update).
+    pub new: Option<Row>,
+}
+
+/// The changes of one committed transaction, in commit order.
+#[derive(Debug, Clone)]
+pub struct Transaction {
+    /// Position to acknowledge once every document this transaction affects is written:
+    /// the commit's end LSN in `wal` mode, the change-log id in `notify` mode.
+    pub position: u64,
+    /// Row changes in the order they were made.
+    pub changes: Vec<Change>,
+}
