@@ -1,5 +1,7 @@
-//! One error type for the whole crate. Every error carries a kind that decides whether the
-//! operation is retried, and an operator-facing hint that says what to change.
+//! One error type for the whole crate. Every error carries a kind, classified once here, that
+//! decides whether the daemon retries (a transient fault: wait, back off, restart the pipeline
+//! from the last stored checkpoint) or stops (a permanent fault: exit non-zero with the exact
+//! cause), and an operator-facing hint that says what to change.
 
 use std::fmt;
 
@@ -8,24 +10,36 @@ use std::fmt;
 pub enum ErrorKind {
     /// The configuration file or environment is invalid.
     Config,
-    /// `schema.json` is malformed or does not match the database.
+    /// `schema.json` is malformed or does not match the database (a missing table or column).
     Schema,
-    /// PostgreSQL could not be reached (connection refused, DNS, TLS, auth).
+    /// PostgreSQL cannot serve us right now: connection refused, reset or closed, the server
+    /// shutting down or starting up (57P01–57P03), out of resources (class 53), a serialization
+    /// failure or deadlock (40001, 40P01), a lost replication connection.
     SourceUnreachable,
-    /// PostgreSQL answered with an error to a statement we sent.
+    /// PostgreSQL answered with an error to a statement we sent, which retrying cannot fix.
     SourceQuery,
-    /// Logical replication is unavailable or failed (wal_level, slots, publication).
+    /// A service refused our credentials (PostgreSQL class 28, engine 401, Redis WRONGPASS).
+    Auth,
+    /// A service refused an operation for lack of a privilege (SQLSTATE 42501, engine 403).
+    Permission,
+    /// Logical replication is unavailable or misconfigured (wal_level, slots, publication).
     Replication,
-    /// The search engine could not be reached or answered 429/5xx.
+    /// The replication slot was dropped or invalidated by someone else: the changes it held are
+    /// gone, so streaming cannot resume without a re-sync.
+    SlotLost,
+    /// The search engine could not be reached, timed out or answered 429/5xx.
     SinkTransient,
     /// The search engine rejected a request or a document for good (4xx).
     SinkRejected,
-    /// The checkpoint could not be read or written.
+    /// The checkpoint store (a file or Redis) could not be read or written for now.
     Checkpoint,
     /// Local I/O failed.
     Io,
     /// The process is shutting down; not a failure.
     Shutdown,
+    /// A pipeline stage stopped without finishing its work (it panicked, or its work was
+    /// dropped): nothing it held is checkpointed, and the pipeline restarts.
+    StageFailed,
     /// A bug: an invariant did not hold.
     Internal,
 }
@@ -33,20 +47,38 @@ pub enum ErrorKind {
 /// Whether an operation that failed with this kind is worth trying again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RetryRule {
-    /// Retrying cannot help until an operator changes something.
+    /// Retrying cannot help until an operator changes something: stop, say what to change.
     Never,
-    /// A transient condition: retry with exponential backoff.
+    /// A transient condition: retry with capped exponential backoff and jitter.
     Backoff,
 }
 
 impl ErrorKind {
-    /// The retry rule the supervisor and the sinks apply to this kind.
+    /// The retry rule the supervisor, the sinks and the stores apply to this kind.
     pub fn retry_rule(self) -> RetryRule {
         match self {
-            ErrorKind::SourceUnreachable | ErrorKind::SinkTransient | ErrorKind::Checkpoint => {
-                RetryRule::Backoff
-            }
+            ErrorKind::SourceUnreachable
+            | ErrorKind::SinkTransient
+            | ErrorKind::Checkpoint
+            | ErrorKind::StageFailed => RetryRule::Backoff,
             _ => RetryRule::Never,
+        }
+    }
+
+    /// Which service or part of the pipeline the kind is about: labels outages in logs and
+    /// metrics.
+    pub fn service(self) -> &'static str {
+        match self {
+            ErrorKind::SourceUnreachable
+            | ErrorKind::SourceQuery
+            | ErrorKind::Replication
+            | ErrorKind::SlotLost => "postgres",
+            ErrorKind::SinkTransient | ErrorKind::SinkRejected => "search",
+            ErrorKind::Checkpoint => "checkpoint",
+            ErrorKind::StageFailed | ErrorKind::Internal => "pipeline",
+            ErrorKind::Config | ErrorKind::Schema => "configuration",
+            ErrorKind::Auth | ErrorKind::Permission => "credentials",
+            ErrorKind::Io | ErrorKind::Shutdown => "local",
         }
     }
 
@@ -61,8 +93,30 @@ impl ErrorKind {
             ErrorKind::Replication => {
                 Some("logical replication needs wal_level = logical, max_replication_slots > 0 and a role with REPLICATION; or set capture.mode = \"notify\"")
             }
+            ErrorKind::SlotLost => {
+                Some("the changes the slot held are gone: run `pgsync teardown` then `pgsync run` to re-sync, and set max_slot_wal_keep_size large enough (or keep the daemon running)")
+            }
+            ErrorKind::Permission => {
+                Some("grant the role the privilege named above, or connect as a role that has it")
+            }
             _ => None,
         }
+    }
+}
+
+/// The kind a PostgreSQL SQLSTATE code stands for, when it says more than "this statement
+/// failed": the transient classes, and the permanent ones that need an operator.
+pub fn sqlstate_kind(code: &str) -> Option<ErrorKind> {
+    match code {
+        // Connection exceptions, the server shutting down or starting up, out of resources,
+        // serialization failures and deadlocks: all pass by themselves.
+        c if c.starts_with("08") || c.starts_with("53") => Some(ErrorKind::SourceUnreachable),
+        "57P01" | "57P02" | "57P03" | "40001" | "40P01" => Some(ErrorKind::SourceUnreachable),
+        c if c.starts_with("28") => Some(ErrorKind::Auth),
+        "42501" => Some(ErrorKind::Permission),
+        // Undefined table, column, schema or function: schema.json no longer matches.
+        "42P01" | "42703" | "3F000" | "42883" | "3D000" => Some(ErrorKind::Schema),
+        _ => None,
     }
 }
 
@@ -104,6 +158,11 @@ impl Error {
         self.kind.retry_rule()
     }
 
+    /// Whether retrying may succeed without an operator.
+    pub fn is_transient(&self) -> bool {
+        self.retry_rule() == RetryRule::Backoff
+    }
+
     /// Shorthand constructors, one per kind used across the crate.
     pub fn config(m: impl Into<String>) -> Self {
         Self::new(ErrorKind::Config, m)
@@ -119,6 +178,10 @@ impl Error {
     /// See [`ErrorKind::Replication`].
     pub fn replication(m: impl Into<String>) -> Self {
         Self::new(ErrorKind::Replication, m)
+    }
+    /// See [`ErrorKind::StageFailed`].
+    pub fn stage(m: impl Into<String>) -> Self {
+        Self::new(ErrorKind::StageFailed, m)
     }
     /// See [`ErrorKind::Internal`].
     pub fn internal(m: impl Into<String>) -> Self {
@@ -145,17 +208,30 @@ impl From<tokio_postgres::Error> for Error {
             if let Some(d) = db.detail() {
                 msg.push_str(&format!(" ({d})"));
             }
-            let mut err = Error::new(ErrorKind::SourceQuery, msg);
+            let kind = sqlstate_kind(db.code().code()).unwrap_or(ErrorKind::SourceQuery);
+            let mut err = Error::new(kind, msg);
             if let Some(h) = db.hint() {
                 err = err.with_hint(h.to_owned());
             }
             err
-        } else if e.is_closed() || e.to_string().contains("connect") {
+        } else if e.is_closed() || has_io_source(&e) || e.to_string().contains("timeout") {
             Error::new(ErrorKind::SourceUnreachable, format!("postgres: {e}"))
         } else {
             Error::new(ErrorKind::SourceQuery, format!("postgres: {e}"))
         }
     }
+}
+
+/// Whether an I/O error (reset, refused, broken pipe, ...) is somewhere in the chain.
+fn has_io_source(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut src = e.source();
+    while let Some(s) = src {
+        if s.is::<std::io::Error>() {
+            return true;
+        }
+        src = s.source();
+    }
+    false
 }
 
 impl From<std::io::Error> for Error {
@@ -166,3 +242,38 @@ impl From<std::io::Error> for Error {
 
 /// The crate's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transient_sqlstates_are_retried_and_operator_ones_are_not() {
+        for code in [
+            "08006", "08001", "57P01", "57P02", "57P03", "53300", "40001", "40P01",
+        ] {
+            let k = sqlstate_kind(code).unwrap();
+            assert_eq!(k.retry_rule(), RetryRule::Backoff, "{code}");
+        }
+        assert_eq!(sqlstate_kind("28P01"), Some(ErrorKind::Auth));
+        assert_eq!(sqlstate_kind("42501"), Some(ErrorKind::Permission));
+        assert_eq!(sqlstate_kind("42P01"), Some(ErrorKind::Schema));
+        assert_eq!(sqlstate_kind("42703"), Some(ErrorKind::Schema));
+        assert_eq!(sqlstate_kind("23505"), None);
+        for k in [
+            ErrorKind::Auth,
+            ErrorKind::Permission,
+            ErrorKind::Schema,
+            ErrorKind::SlotLost,
+        ] {
+            assert_eq!(k.retry_rule(), RetryRule::Never, "{k:?}");
+        }
+    }
+
+    #[test]
+    fn a_lost_stage_is_restarted_and_labelled_as_the_pipeline() {
+        let e = Error::stage("fetcher 1 panicked");
+        assert!(e.is_transient());
+        assert_eq!(e.kind.service(), "pipeline");
+    }
+}

@@ -6,6 +6,8 @@ pub mod checkpoint;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod fault;
+pub mod outage;
 pub mod pipeline;
 pub mod schema;
 pub mod sink;

@@ -77,7 +77,7 @@ async fn connects_over_tcp_socket_dir_and_url() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn failure_names_target_without_password() {
+async fn a_missing_database_is_a_permanent_error_naming_the_target_not_the_password() {
     let pg = harness::shared_postgres();
     let cfg = load_with(
         None,
@@ -90,7 +90,8 @@ async fn failure_names_target_without_password() {
     .unwrap()
     .config;
     let e = connect(&cfg, "no_such_db").await.unwrap_err();
-    assert_eq!(e.kind, ErrorKind::SourceUnreachable);
+    // A database that does not exist needs an operator: permanent, never retried.
+    assert_eq!(e.kind, ErrorKind::Schema);
     let text = e.to_string();
     assert!(
         text.contains(&format!(

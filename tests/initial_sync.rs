@@ -138,11 +138,10 @@ fn recreate_replaces_the_index_so_stray_documents_are_gone() {
     );
 }
 
-#[test]
-fn a_document_the_engine_rejects_fails_the_run_naming_its_id_and_reason() {
-    let lib = library("rejected");
-    // `copies` as a short: edition 1|2's printing of 200000 copies cannot be stored; every other
-    // value (5000, 2500, 100, null) can.
+/// The library fixture with `copies` mapped as a short: edition 1|2's printing of 200000 copies
+/// cannot be stored; every other value (5000, 2500, 100, null) can.
+fn library_with_one_rejected_document(prefix: &str) -> Library {
+    let lib = library(prefix);
     let schema = library_schema(&lib.db);
     let anchor = "\"index\": \"edition\",";
     assert!(schema.contains(anchor));
@@ -153,6 +152,53 @@ fn a_document_the_engine_rejects_fails_the_run_naming_its_id_and_reason() {
         ),
     );
     lib.work.write_schema(&schema);
+    lib
+}
+
+/// Every document but edition 1|2 is in the engine.
+fn assert_all_but_the_rejected_one(lib: &Library) {
+    let mut expected = expected_documents();
+    expected.get_mut("edition").unwrap().remove("1|2");
+    for (index, docs) in expected {
+        assert_documents(&index, &lib.os.all_docs(&index), &docs);
+    }
+}
+
+#[test]
+fn a_rejected_document_goes_to_the_dead_letter_index_with_its_reason_and_the_rest_is_written() {
+    let lib = library_with_one_rejected_document("deadletter");
+    let run = lib.work.pgsync(&["run", "--once"]);
+    run.assert_code(0, "a dead-lettered document does not fail the run");
+    assert!(
+        run.stdout
+            .contains("1 rejected document(s) recorded in index edition-dead-letter"),
+        "{}",
+        run.output()
+    );
+    assert_all_but_the_rejected_one(&lib);
+    let entries = lib.os.all_docs("edition-dead-letter");
+    assert_eq!(
+        entries.keys().collect::<Vec<_>>(),
+        vec!["1|2"],
+        "{entries:?}"
+    );
+    let e = &entries["1|2"];
+    assert_eq!(e["index"], "edition");
+    assert_eq!(e["status"], 400);
+    assert_eq!(e["position"], "initial sync");
+    assert!(
+        e["reason"].as_str().unwrap().contains("printings.copies"),
+        "{e}"
+    );
+    assert_eq!(e["document"]["printings"][0]["copies"], 200000, "{e}");
+    assert!(lib.os.all_docs("book-dead-letter").is_empty());
+}
+
+#[test]
+fn with_on_rejected_fail_a_rejected_document_fails_the_run_naming_its_id_and_reason() {
+    let lib = library_with_one_rejected_document("rejected");
+    lib.work
+        .append_toml("[dead_letter]\non_rejected = \"fail\"\n");
     let run = lib.work.pgsync(&["run", "--once"]);
     assert!(
         matches!(run.code, Some(c) if c != 0),
@@ -169,18 +215,17 @@ fn a_document_the_engine_rejects_fails_the_run_naming_its_id_and_reason() {
         "stderr must give the engine's reason (field printings.copies, value 200000)\n{}",
         run.output()
     );
+    assert!(
+        run.stderr.contains("on_rejected"),
+        "the hint names the key\n{}",
+        run.output()
+    );
     for id in ["1|1", "2|1", "3|1", "3|2"] {
         let line = run.stderr.lines().find(|l| l.contains(id));
         assert!(
             line.is_none(),
             "{id} was not rejected, yet stderr names it: {line:?}"
         );
-    }
-    // Everything else was written.
-    let mut expected = expected_documents();
-    expected.get_mut("edition").unwrap().remove("1|2");
-    for (index, docs) in expected {
-        assert_documents(&index, &lib.os.all_docs(&index), &docs);
     }
 }
 

@@ -5,7 +5,7 @@ mod harness;
 
 use harness::Osmem;
 use pgsync_rs::config::{Config, Engine};
-use pgsync_rs::sink::{push_delete_action, push_index_action, BulkBatch, Sink};
+use pgsync_rs::sink::{push_delete_action, push_index_action, BulkBatch, Sink, Target};
 use pgsync_rs::ErrorKind;
 use serde_json::json;
 use std::collections::VecDeque;
@@ -35,10 +35,13 @@ fn batch(index: &str, actions: &[(&str, Option<serde_json::Value>)]) -> BulkBatc
     let mut ids = Vec::new();
     for (id, src) in actions {
         match src {
-            Some(doc) => {
-                push_index_action(&mut buf, index, id, None, None, doc.to_string().as_bytes())
-            }
-            None => push_delete_action(&mut buf, index, id, None),
+            Some(doc) => push_index_action(
+                &mut buf,
+                Target::new(index, id),
+                None,
+                doc.to_string().as_bytes(),
+            ),
+            None => push_delete_action(&mut buf, Target::new(index, id)),
         }
         ids.push(id.to_string());
     }
@@ -104,14 +107,12 @@ async fn osmem_create_bulk_reject_delete_recreate() {
     let mut buf = Vec::new();
     push_index_action(
         &mut buf,
-        "books",
-        "r1",
-        Some("shard-key"),
+        Target::new("books", "r1").routing(Some("shard-key")),
         None,
         br#"{"n":9}"#,
     );
-    push_delete_action(&mut buf, "books", "1", None);
-    push_delete_action(&mut buf, "books", "1", None); // second delete: 404, still fine
+    push_delete_action(&mut buf, Target::new("books", "1"));
+    push_delete_action(&mut buf, Target::new("books", "1")); // second delete: 404, still fine
     let out = sink
         .bulk(BulkBatch::new(
             buf,
@@ -128,9 +129,7 @@ async fn osmem_create_bulk_reject_delete_recreate() {
     let mut buf = Vec::new();
     push_index_action(
         &mut buf,
-        "books",
-        "p1",
-        None,
+        Target::new("books", "p1"),
         Some("no-such-pipeline"),
         br#"{"n":1}"#,
     );

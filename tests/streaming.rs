@@ -1672,15 +1672,18 @@ fn slot_advances_after_indexing() {
 
 /// The search server is stopped (SIGSTOP) while one document is updated 300 times, each in its
 /// own transaction, spread over many coalescing windows. Once it runs again the document must
-/// show the last title, and the number of times it was written (its `_version`) must stay near
+/// show the last title, and the number of times it was written (its `_seq_no`: `_version` is the
+/// external version, a WAL position, since writes are versioned) must stay near
 /// the depth of the queues between the stages, far below 300: changes that arrive while the
-/// pipeline is blocked merge before any document is built.
+/// pipeline is blocked merge before any document is built. (Windows already past the coalescer
+/// when the engine stopped are each written once: one queued and one in progress per stage —
+/// query builder, fetcher, writer — plus the writer's requests in flight, so at most ~14.)
 fn changes_merge_behind_a_stalled_engine() {
     let mut s = Stream::started("st_stall", Mode::Wal);
     let version = |os: &Osmem| -> u64 {
         let (status, v) = os.request("GET", "/book/_doc/1", None).expect("GET book 1");
         assert_eq!(status, 200, "GET /book/_doc/1: {v}");
-        v["_version"].as_u64().expect("_version")
+        v["_seq_no"].as_u64().expect("_seq_no")
     };
     let before = version(&s.os);
 
@@ -1725,9 +1728,9 @@ fn changes_merge_behind_a_stalled_engine() {
     }
     s.expect(&want, "the last of 300 updates");
     let writes = version(&s.os) - before;
-    eprintln!("300 updates written as {writes} versions");
+    eprintln!("300 updates written as {writes} writes");
     assert!(
-        (1..=10).contains(&writes),
+        (1..=14).contains(&writes),
         "300 updates behind a stalled engine were written {writes} times; changes queued \
          behind the stall should merge into a handful of writes"
     );

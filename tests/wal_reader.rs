@@ -451,6 +451,7 @@ async fn streams_transactions_and_acknowledges_them() {
         ack_rx,
         stop_rx,
         err_tx,
+        watch::channel(false).0,
     );
     let t9 = txn(&client, "INSERT INTO author VALUES (9, 'Ida')").await;
     let r9 = recv(&mut rx).await;
@@ -666,6 +667,7 @@ fn actor_streams_large_transactions_in_pieces_and_stops() {
             ack_rx,
             stop_rx,
             err_tx,
+            watch::channel(false).0,
         );
         txn(&client, "DELETE FROM item WHERE id = 0").await;
         let del = recv(&mut rx).await;

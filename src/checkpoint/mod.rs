@@ -9,7 +9,9 @@ mod leader;
 mod store;
 
 pub use leader::{lock_key, process_token, LeaderLock, LeaderLocks, Leadership, Renewal, MIN_TTL};
-pub use store::{is_transient, redis_client, redis_key, CheckpointRecord, Store};
+pub use store::{
+    is_transient, redis_client, redis_key, CheckpointRecord, InitialProgress, RangeState, Store,
+};
 
 use actix::prelude::*;
 use std::collections::BTreeSet;
@@ -29,6 +31,7 @@ pub enum Event {
 pub struct Checkpointer {
     key: String,
     store: Store,
+    base: CheckpointRecord,
     input: Option<mpsc::UnboundedReceiver<Event>>,
     pending: BTreeSet<u64>,
     done: BTreeSet<u64>,
@@ -39,17 +42,20 @@ pub struct Checkpointer {
 }
 
 impl Checkpointer {
-    /// A checkpointer for `key` starting at `start`; the stored frontier is published on `published`.
+    /// A checkpointer for `key` storing `base` at each new position, starting at `base`'s; the
+    /// stored frontier is published on `published`.
     pub fn new(
         key: String,
         store: Store,
-        start: u64,
+        base: CheckpointRecord,
         input: mpsc::UnboundedReceiver<Event>,
         published: watch::Sender<u64>,
     ) -> Self {
+        let start = base.position;
         Checkpointer {
             key,
             store,
+            base,
             input: Some(input),
             pending: BTreeSet::new(),
             done: BTreeSet::new(),
@@ -77,9 +83,10 @@ impl Checkpointer {
         }
         self.saving = true;
         let (store, key, pos) = (self.store.clone(), self.key.clone(), self.frontier);
+        let record = self.base.with_position(pos);
         ctx.spawn(
             async move {
-                let r = store.save(&key, &CheckpointRecord::at(pos)).await;
+                let r = store.save(&key, &record).await;
                 (pos, r)
             }
             .into_actor(self)

@@ -12,10 +12,37 @@ use std::time::{Duration, Instant};
 /// A stored checkpoint.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CheckpointRecord {
-    /// Stream position (LSN in `wal` mode, change-log id in `notify` mode).
+    /// Stream position (LSN in `wal` mode, transaction-id horizon in `notify` mode).
     pub position: u64,
     /// The initial sync of the index finished.
     pub initial_sync_done: bool,
+    /// An initial sync under way: the ranges it split the root table into and which are
+    /// written, so a restart resumes instead of starting over.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial: Option<InitialProgress>,
+    /// The engine's identity (`uuid`) of the index the documents were written to: a different
+    /// one at start-up means the index was deleted or re-created, and is synced again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index_uuid: Option<String>,
+}
+
+/// Progress of an initial sync.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InitialProgress {
+    /// Where streaming starts once the sync is done (the slot's consistent point, or the
+    /// transaction-id horizon read after the triggers existed).
+    pub start: u64,
+    /// The ranges, in order.
+    pub ranges: Vec<RangeState>,
+}
+
+/// One range of an initial sync.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RangeState {
+    /// Which root rows.
+    pub filter: crate::sql::document::RootFilter,
+    /// Every document of it is acknowledged by the engine.
+    pub done: bool,
 }
 
 impl CheckpointRecord {
@@ -24,6 +51,16 @@ impl CheckpointRecord {
         CheckpointRecord {
             position,
             initial_sync_done: true,
+            initial: None,
+            index_uuid: None,
+        }
+    }
+
+    /// The same record at another position.
+    pub fn with_position(&self, position: u64) -> Self {
+        CheckpointRecord {
+            position,
+            ..self.clone()
         }
     }
 }
@@ -177,8 +214,14 @@ pub async fn redis_client(
         .build()
         .map_err(|e| Error::config(format!("checkpoint.redis_url {shown}: {}", e.details())))?;
     client.init().await.map_err(|e| {
+        // A wrong password is for an operator to fix; a Redis not up yet is waited for.
+        let kind = if is_transient(&e) {
+            ErrorKind::Checkpoint
+        } else {
+            ErrorKind::Auth
+        };
         Error::new(
-            ErrorKind::Checkpoint,
+            kind,
             format!("cannot connect to Redis at {shown}: {}", e.details()),
         )
         .with_hint("check checkpoint.redis_url (or REDIS_URL) and that Redis/Valkey is up")

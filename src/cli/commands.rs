@@ -2,7 +2,9 @@
 
 use super::Command;
 use crate::config::Config;
+use crate::config::OnRejected;
 use crate::pipeline::initial::initial_sync;
+use crate::pipeline::writer::Rejections;
 use crate::schema::mapping::index_body;
 use crate::schema::{load as load_schema, resolve_all};
 use crate::sink::Sink;
@@ -59,21 +61,31 @@ pub async fn run_once(cfg: &Config, recreate: bool) -> Result<i32> {
     let plans = resolve_all(cfg, &file).await?;
     let sink = Sink::from_config(cfg)?;
     sink.check().await?;
-    let mut failed = 0;
+    let mut lost = 0;
     for plan in plans {
         let plan = Arc::new(plan);
         plan.warn_plugins();
         sink.ensure_index(&plan.spec.index, &index_body(&plan), recreate)
             .await?;
-        let summary = initial_sync(cfg, plan.clone(), sink.clone(), None).await?;
+        let rejections = Rejections::open(cfg, &sink, &plan.spec.index).await?;
+        let where_to = rejections.store.describe();
+        let summary = initial_sync(cfg, plan.clone(), sink.clone(), rejections, None).await?;
         sink.refresh(&plan.spec.index).await?;
         println!("{summary}");
-        failed += summary.failed;
+        if summary.dead_lettered > 0 {
+            println!(
+                "index {}: {} rejected document(s) recorded in {where_to} (see `pgsync dead-letters list`)",
+                plan.spec.index, summary.dead_lettered
+            );
+        }
+        lost += summary.failed - summary.dead_lettered;
     }
-    if failed > 0 {
+    let skipping = cfg.dead_letter.on_rejected == OnRejected::Skip
+        || cfg.dead_letter.store == crate::config::DeadLetterStore::Off;
+    if lost > 0 && !skipping {
         return Err(Error::new(
             crate::ErrorKind::SinkRejected,
-            format!("{failed} document(s) were rejected by the search engine; each is logged above with its _id and reason"),
+            format!("{lost} document(s) were rejected by the search engine and not recorded; each is logged above with its _id and reason"),
         ));
     }
     Ok(0)

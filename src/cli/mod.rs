@@ -64,6 +64,8 @@ pub fn main() -> i32 {
         }
     };
     init_logging(&cfg);
+    crate::pipeline::stage::record_panics();
+    let _faults = crate::fault::setup();
     // Logged only now: before logging is set up they would be lost.
     for w in &warnings {
         tracing::warn!("config: {w}");

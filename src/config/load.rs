@@ -671,7 +671,8 @@ fn toml_scalar(v: &serde_json::Value) -> Option<String> {
 }
 
 /// Describes where a connection goes, without the password: `host:port as user (database db)`.
-fn describe_target(c: &tokio_postgres::Config, database: &str) -> String {
+/// `host:port as user (database db)`, for messages (never the password).
+pub fn describe_target(c: &tokio_postgres::Config, database: &str) -> String {
     use tokio_postgres::config::Host;
     let ports = c.get_ports();
     let hosts: Vec<String> = c
@@ -721,12 +722,18 @@ pub async fn connect(cfg: &Config, database: &str) -> Result<tokio_postgres::Cli
             Ok(client)
         }
         Err(e) => {
-            let reason = match e.as_db_error() {
-                Some(db) => format!("{}: {}", db.severity(), db.message()),
-                None => e.to_string(),
+            // A refusal that needs an operator (wrong password, missing database) is permanent;
+            // anything else at connection time (refused, reset, starting up) passes by itself.
+            let (kind, reason) = match e.as_db_error() {
+                Some(db) => (
+                    crate::error::sqlstate_kind(db.code().code())
+                        .unwrap_or(ErrorKind::SourceUnreachable),
+                    format!("{}: {}", db.severity(), db.message()),
+                ),
+                None => (ErrorKind::SourceUnreachable, e.to_string()),
             };
             Err(Error::new(
-                ErrorKind::SourceUnreachable,
+                kind,
                 format!("cannot connect to PostgreSQL at {target}: {reason}"),
             ))
         }

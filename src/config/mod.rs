@@ -4,7 +4,7 @@
 mod load;
 mod secret;
 
-pub use load::{connect, load, load_with, process_env, Loaded};
+pub use load::{connect, describe_target, load, load_with, process_env, Loaded};
 pub use secret::{mask_url, Secret};
 
 use serde::{Deserialize, Serialize};
@@ -32,6 +32,94 @@ pub struct Config {
     pub checkpoint: CheckpointConfig,
     /// Logging and progress reporting.
     pub log: LogConfig,
+    /// How transient faults are retried.
+    pub resilience: ResilienceConfig,
+    /// What happens to documents the engine rejects for good.
+    pub dead_letter: DeadLetterConfig,
+}
+
+/// Retries of transient faults (a service down or restarting, a stage that failed): the daemon
+/// restarts the pipeline from the last stored checkpoint after a capped exponential backoff.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ResilienceConfig {
+    /// First delay before a restart (milliseconds); doubles per failure, with jitter.
+    pub retry_initial_ms: u64,
+    /// Longest delay between two restarts (milliseconds).
+    pub retry_max_ms: u64,
+    /// Give up (exit non-zero) once one outage lasted this long; 0 retries for ever. Applies to
+    /// the daemon and to waiting for services at start-up; `run --once` never retries.
+    pub give_up_after_secs: u64,
+}
+
+impl Default for ResilienceConfig {
+    fn default() -> Self {
+        ResilienceConfig {
+            retry_initial_ms: 500,
+            retry_max_ms: 30_000,
+            give_up_after_secs: 0,
+        }
+    }
+}
+
+impl ResilienceConfig {
+    /// The give-up time, `None` for ever.
+    pub fn give_up_after(&self) -> Option<std::time::Duration> {
+        (self.give_up_after_secs > 0)
+            .then(|| std::time::Duration::from_secs(self.give_up_after_secs))
+    }
+}
+
+/// What to do with a document the engine rejects for good (a mapping conflict, a value it cannot
+/// parse, a document too large): retrying the same document cannot help.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnRejected {
+    /// Record it in the dead-letter store and move on (the checkpoint advances).
+    #[default]
+    DeadLetter,
+    /// Stop with an error naming the document and the reason, as PGSync does.
+    Fail,
+    /// Log it and move on.
+    Skip,
+}
+
+/// Where dead letters go.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeadLetterStore {
+    /// An index in the same engine, `dead_letter.index` (one entry per document `_id`).
+    #[default]
+    Index,
+    /// NDJSON files under `dead_letter.dir`, one per index.
+    File,
+    /// Nowhere: rejected documents are only logged (same as `on_rejected = "skip"`).
+    Off,
+}
+
+/// Rejected documents.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DeadLetterConfig {
+    /// `dead_letter`, `fail` or `skip`.
+    pub on_rejected: OnRejected,
+    /// `index`, `file` or `off`.
+    pub store: DeadLetterStore,
+    /// Name of the dead-letter index; `{index}` is replaced by the source index.
+    pub index: String,
+    /// Directory of the NDJSON dead-letter files.
+    pub dir: std::path::PathBuf,
+}
+
+impl Default for DeadLetterConfig {
+    fn default() -> Self {
+        DeadLetterConfig {
+            on_rejected: OnRejected::DeadLetter,
+            store: DeadLetterStore::Index,
+            index: "{index}-dead-letter".into(),
+            dir: std::path::PathBuf::from(".pgsync-state/dead-letters"),
+        }
+    }
 }
 
 /// PostgreSQL connection settings. `url` wins over the separate fields when set.

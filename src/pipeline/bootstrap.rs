@@ -110,6 +110,20 @@ pub async fn bootstrap_index(cfg: &Config, plan: &IndexPlan) -> Result<Boot> {
     }
 }
 
+/// Whether what capture needs for `plan` is still there (the slot, or the change log): a
+/// checkpoint without it means someone dropped it, and the changes it held are gone.
+pub async fn capture_exists(cfg: &Config, plan: &IndexPlan) -> Result<bool> {
+    let client = crate::config::connect(cfg, &plan.spec.database).await?;
+    Ok(match cfg.capture.mode {
+        CaptureMode::Wal => slot::slot_status(&client, &names(cfg, plan).slot)
+            .await?
+            .is_some(),
+        CaptureMode::Notify => notify::backlog(&client, &log_names(cfg, plan))
+            .await?
+            .is_some(),
+    })
+}
+
 /// Change-log names of `plan` in notify mode.
 pub fn log_names(cfg: &Config, plan: &IndexPlan) -> notify::LogNames {
     notify::LogNames::new(

@@ -1,53 +1,357 @@
-//! `pgsync run` as a daemon. Per index: bootstrap the
-//! publication and slot (idempotent), run the initial sync when there is no checkpoint, then
-//! stream: WAL reader → coalescer → fetchers → writers, with the checkpointer advancing the slot
-//! only over positions whose documents are all written. SIGTERM/SIGINT stop the reader, drain
-//! what is in flight, store the checkpoint and exit 0.
+//! `pgsync run` as a daemon. It waits at start-up for services that are not up yet, then runs
+//! each index under a supervisor: bootstrap (idempotent), the initial sync when there is no
+//! checkpoint (resumed from the ranges it finished), then streaming. A transient fault restarts
+//! the index's pipeline from the last stored checkpoint with backoff; a permanent one ends the
+//! daemon with its cause. SIGTERM/SIGINT drain in-flight work, store the checkpoint and exit 0.
 
-use super::bootstrap::{bootstrap_index, log_names, names};
-use super::coalescer::{CoalesceSettings, Coalescer};
-use super::initial::{connector, initial_sync, spawn_fetchers, spawn_writers};
-use crate::checkpoint::{CheckpointRecord, Checkpointer, Store};
+use super::bootstrap::{bootstrap_index, capture_exists, names, Boot};
+use super::initial::{initial_sync, RangeLog};
+use super::streaming::{stream, StreamRun};
+use super::supervisor::{await_service, supervise, Backoff};
+use super::writer::Rejections;
+use crate::checkpoint::{CheckpointRecord, InitialProgress, LeaderLocks, Store};
 use crate::config::{CaptureMode, Config};
 use crate::schema::mapping::index_body;
 use crate::schema::resolve::IndexPlan;
-use crate::schema::{load as load_schema, resolve_all};
+use crate::schema::{load as load_schema, resolve_all, SchemaFile};
 use crate::sink::Sink;
-use crate::source::{notify, slot};
-use crate::{Error, Result};
-use actix::prelude::*;
+use crate::source::slot;
+use crate::{Error, ErrorKind, Result};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
+
+/// What every index of the daemon shares, once the services are up.
+struct Services {
+    plans: Vec<IndexPlan>,
+    sink: Sink,
+    store: Store,
+    locks: Option<LeaderLocks>,
+}
 
 /// `pgsync run` without `--once`.
 pub async fn run(cfg: &Config, recreate: bool) -> Result<i32> {
     let file = load_schema(cfg)?;
-    let plans = resolve_all(cfg, &file).await?;
-    let sink = Sink::from_config(cfg)?;
-    sink.check().await?;
-    let store = Store::open(&cfg.checkpoint).await?;
-    let locks = crate::checkpoint::LeaderLocks::open(&cfg.checkpoint).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
         wait_for_signal().await;
         tracing::info!("stop requested: draining in-flight work");
         let _ = stop_tx.send(true);
     });
+    let Some(services) = await_services(cfg, &file, stop_rx.clone()).await? else {
+        return Ok(0);
+    };
     let mut tasks = vec![];
-    for plan in plans {
-        let (cfg, sink, store, stop) = (cfg.clone(), sink.clone(), store.clone(), stop_rx.clone());
-        let lock = locks.as_ref().map(|l| l.for_slot(&names(&cfg, &plan).slot));
+    for plan in services.plans {
+        let lock = services
+            .locks
+            .as_ref()
+            .map(|l| l.for_slot(&names(cfg, &plan).slot));
+        let index = IndexRun {
+            cfg,
+            plan: Arc::new(plan),
+            sink: services.sink.clone(),
+            store: services.store.clone(),
+        };
+        let stop = stop_rx.clone();
         tasks.push(async move {
-            let plan = Arc::new(plan);
-            let work = run_index(&cfg, plan.clone(), sink, store, stop.clone(), recreate);
-            as_leader(&cfg, &plan, lock, stop, work).await
+            let work = supervise_index(&index, stop.clone(), recreate);
+            as_leader(cfg, &index.plan, lock, stop, work).await
         });
     }
     // The first failure ends the daemon at once: a lost leader lock must stop every write now,
     // and a daemon silently syncing only some of its indices would go unnoticed.
     futures::future::try_join_all(tasks).await?;
     Ok(0)
+}
+
+/// Waits for PostgreSQL, the search engine and the checkpoint store (docker-compose starts them
+/// together), logging what is awaited; `None` when stopped meanwhile.
+async fn await_services(
+    cfg: &Config,
+    file: &SchemaFile,
+    mut stop: watch::Receiver<bool>,
+) -> Result<Option<Services>> {
+    let backoff = || Backoff::from_config(&cfg.resilience);
+    let give_up = cfg.resilience.give_up_after();
+    let pg = crate::config::describe_target(&cfg.postgres_for("postgres"), "postgres");
+    let pg = pg.split(" (database").next().unwrap_or(&pg).to_owned();
+    let Some(plans) = await_service(
+        &format!("PostgreSQL at {pg}"),
+        backoff(),
+        give_up,
+        &mut stop,
+        || resolve_all(cfg, file),
+    )
+    .await?
+    else {
+        return Ok(None);
+    };
+    let sink = Sink::from_config(cfg)?;
+    let engine = format!(
+        "the search engine at {}",
+        crate::config::mask_url(&cfg.search.url)
+    );
+    if await_service(&engine, backoff(), give_up, &mut stop, || sink.check())
+        .await?
+        .is_none()
+    {
+        return Ok(None);
+    }
+    let Some(store) = await_service(
+        "the checkpoint store",
+        backoff(),
+        give_up,
+        &mut stop,
+        || Store::open(&cfg.checkpoint),
+    )
+    .await?
+    else {
+        return Ok(None);
+    };
+    let Some(locks) = await_service(
+        "Redis (leader locks)",
+        backoff(),
+        give_up,
+        &mut stop,
+        || LeaderLocks::open(&cfg.checkpoint),
+    )
+    .await?
+    else {
+        return Ok(None);
+    };
+    Ok(Some(Services {
+        plans,
+        sink,
+        store,
+        locks,
+    }))
+}
+
+/// One index of the daemon, shared by its supervised runs.
+struct IndexRun<'a> {
+    cfg: &'a Config,
+    plan: Arc<IndexPlan>,
+    sink: Sink,
+    store: Store,
+}
+
+/// Runs one index until stopped, restarting it after transient faults.
+async fn supervise_index(
+    ix: &IndexRun<'_>,
+    stop: watch::Receiver<bool>,
+    recreate: bool,
+) -> Result<()> {
+    let recreate = AtomicBool::new(recreate);
+    let what = format!("index {}", ix.plan.spec.index);
+    supervise(
+        &what,
+        Backoff::from_config(&ix.cfg.resilience),
+        ix.cfg.resilience.give_up_after(),
+        stop.clone(),
+        |healthy| {
+            run_index_once(
+                ix,
+                stop.clone(),
+                healthy,
+                recreate.swap(false, Ordering::SeqCst),
+            )
+        },
+    )
+    .await
+}
+
+/// One supervised run: bootstrap, initial sync when needed, then streaming until stopped.
+async fn run_index_once(
+    ix: &IndexRun<'_>,
+    stop: watch::Receiver<bool>,
+    healthy: watch::Sender<bool>,
+    recreate: bool,
+) -> Result<()> {
+    let (cfg, plan) = (ix.cfg, &ix.plan);
+    let index = &plan.spec.index;
+    let n = names(cfg, plan);
+    ix.sink.check().await?;
+    let stored = ix.store.load(&n.slot).await?;
+    if stored.as_ref().is_some_and(|r| r.initial_sync_done) && !capture_exists(cfg, plan).await? {
+        return Err(lost_capture(cfg, plan, &n.slot));
+    }
+    plan.warn_plugins();
+    let boot = bootstrap_index(cfg, plan).await?;
+    tracing::info!(index = %index, "bootstrap: {}", boot.summary);
+    let (uuid, created) = ensure_index(ix, stored.as_ref(), recreate).await?;
+    let rejections = Rejections::open(cfg, &ix.sink, index).await?;
+    let mut record = match plan_start(stored, &boot, created, uuid) {
+        Start::Stream(r) => r,
+        Start::Initial(r) => initial(ix, &n.slot, r, rejections.clone()).await?,
+    };
+    if record.index_uuid.is_none() {
+        record.index_uuid = ix.sink.index_uuid(index).await?;
+    }
+    check_server_position(cfg, plan, &record).await?;
+    let shown = match cfg.capture.mode {
+        CaptureMode::Wal => slot::format_lsn(record.position),
+        CaptureMode::Notify => format!("xid {}", record.position),
+    };
+    tracing::info!(index = %index, slot = %n.slot, start = %shown, "streaming changes");
+    let run = StreamRun {
+        cfg,
+        plan: plan.clone(),
+        sink: ix.sink.clone(),
+        store: ix.store.clone(),
+        key: n.slot.clone(),
+        record,
+        rejections,
+        slot: n.slot,
+        publication: n.publication,
+    };
+    stream(run, stop, healthy).await
+}
+
+/// The error for a checkpoint whose slot or change log was dropped by someone else.
+fn lost_capture(cfg: &Config, plan: &IndexPlan, slot: &str) -> Error {
+    let what = match cfg.capture.mode {
+        CaptureMode::Wal => format!("replication slot {slot}"),
+        CaptureMode::Notify => format!(
+            "change log {}",
+            super::bootstrap::log_names(cfg, plan).table
+        ),
+    };
+    Error::new(
+        ErrorKind::SlotLost,
+        format!(
+            "index {}: the checkpoint says it is synced, but the {what} is gone (dropped by someone else?): changes made meanwhile are lost",
+            plan.spec.index
+        ),
+    )
+}
+
+/// Creates the index when missing (or when `recreate`); an index that was re-created behind
+/// our back (its uuid is not the checkpoint's) is created again with our mapping and re-synced.
+/// Returns its uuid and whether it is new.
+async fn ensure_index(
+    ix: &IndexRun<'_>,
+    stored: Option<&CheckpointRecord>,
+    recreate: bool,
+) -> Result<(Option<String>, bool)> {
+    let index = &ix.plan.spec.index;
+    let body = index_body(&ix.plan);
+    let mut created = ix.sink.ensure_index(index, &body, recreate).await?;
+    let mut uuid = ix.sink.index_uuid(index).await?;
+    let known = stored.and_then(|r| r.index_uuid.clone());
+    if !created && known.is_some() && known != uuid {
+        tracing::warn!(
+            index = %index,
+            "index {index} is not the one the checkpoint wrote to (uuid {} now {}): it was deleted or re-created; creating it again and re-syncing",
+            known.as_deref().unwrap_or("?"),
+            uuid.as_deref().unwrap_or("missing")
+        );
+        created = ix.sink.ensure_index(index, &body, true).await?;
+        uuid = ix.sink.index_uuid(index).await?;
+    }
+    Ok((uuid, created))
+}
+
+/// Where a run starts.
+enum Start {
+    /// Streaming from this checkpoint.
+    Stream(CheckpointRecord),
+    /// An initial sync first (this record holds its progress).
+    Initial(CheckpointRecord),
+}
+
+fn plan_start(
+    stored: Option<CheckpointRecord>,
+    boot: &Boot,
+    created: bool,
+    uuid: Option<String>,
+) -> Start {
+    let fresh = CheckpointRecord {
+        position: boot.start,
+        initial_sync_done: false,
+        initial: Some(InitialProgress {
+            start: boot.start,
+            ranges: vec![],
+        }),
+        index_uuid: uuid.clone(),
+    };
+    match stored {
+        _ if created || boot.created => Start::Initial(fresh),
+        Some(mut r) if r.initial_sync_done => {
+            r.index_uuid = r.index_uuid.or(uuid);
+            Start::Stream(r)
+        }
+        Some(r) if r.initial.is_some() => Start::Initial(r),
+        _ => Start::Initial(fresh),
+    }
+}
+
+/// Runs (or resumes) the initial sync, then stores the checkpoint streaming starts from.
+async fn initial(
+    ix: &IndexRun<'_>,
+    key: &str,
+    record: CheckpointRecord,
+    rejections: Rejections,
+) -> Result<CheckpointRecord> {
+    let start = record.initial.as_ref().map_or(record.position, |p| p.start);
+    let log = RangeLog {
+        store: ix.store.clone(),
+        key: key.to_owned(),
+        record: record.clone(),
+    };
+    // The slot (or the triggers) exist before the snapshots the sync reads, so every change
+    // committed after them is also streamed afterwards and re-applied from the current rows.
+    let summary = initial_sync(
+        ix.cfg,
+        ix.plan.clone(),
+        ix.sink.clone(),
+        rejections,
+        Some(log),
+    )
+    .await?;
+    println!("{summary}");
+    ix.sink.refresh(&ix.plan.spec.index).await?;
+    let done = CheckpointRecord {
+        position: start,
+        initial_sync_done: true,
+        initial: None,
+        index_uuid: record.index_uuid,
+    };
+    ix.store.save(key, &done).await?;
+    Ok(done)
+}
+
+/// In wal mode, a checkpoint beyond the server's WAL position means this is not the server the
+/// index was synced from (a restored backup, a new cluster): every versioned write would then be
+/// refused as older than what the engine holds.
+async fn check_server_position(
+    cfg: &Config,
+    plan: &IndexPlan,
+    record: &CheckpointRecord,
+) -> Result<()> {
+    if cfg.capture.mode != CaptureMode::Wal {
+        return Ok(());
+    }
+    let client = crate::config::connect(cfg, &plan.spec.database).await?;
+    let now: String = client
+        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+        .await?
+        .get(0);
+    let now = slot::parse_lsn(&now)?;
+    if record.position > now {
+        return Err(Error::new(
+            ErrorKind::SlotLost,
+            format!(
+                "index {}: the checkpoint is at {} but the server's WAL is only at {}: this is not the server the index was synced from",
+                plan.spec.index,
+                slot::format_lsn(record.position),
+                slot::format_lsn(now)
+            ),
+        )
+        .with_hint("re-sync into a fresh index: `pgsync teardown`, then `pgsync run --recreate`"));
+    }
+    Ok(())
 }
 
 /// Runs `work` (one index's sync) only while this process holds the index's leader lock, when
@@ -127,164 +431,4 @@ async fn wait_for_signal() {
     {
         let _ = tokio::signal::ctrl_c().await;
     }
-}
-
-/// Bootstraps, syncs and streams one index until `stop` turns true.
-pub async fn run_index(
-    cfg: &Config,
-    plan: Arc<IndexPlan>,
-    sink: Sink,
-    store: Store,
-    mut stop: watch::Receiver<bool>,
-    recreate: bool,
-) -> Result<()> {
-    let index = plan.spec.index.clone();
-    plan.warn_plugins();
-    let boot = bootstrap_index(cfg, &plan).await?;
-    tracing::info!(index = %index, "bootstrap: {}", boot.summary);
-    let n = names(cfg, &plan);
-    let created = sink
-        .ensure_index(&index, &index_body(&plan), recreate)
-        .await?;
-    let cp = store.load(&n.slot).await?;
-    let start = match cp {
-        Some(c) if c.initial_sync_done && !recreate && !boot.created && !created => c.position,
-        _ => {
-            // The slot (or the triggers) exist before the snapshot the sync reads, so every
-            // change committed after it is also streamed afterwards and re-applied from the
-            // current rows.
-            let summary = initial_sync(cfg, plan.clone(), sink.clone(), None).await?;
-            println!("{summary}");
-            store
-                .save(&n.slot, &CheckpointRecord::at(boot.start))
-                .await?;
-            boot.start
-        }
-    };
-    let shown = match cfg.capture.mode {
-        CaptureMode::Wal => slot::format_lsn(start),
-        CaptureMode::Notify => format!("xid {start}"),
-    };
-    tracing::info!(index = %index, slot = %n.slot, start = %shown, "streaming changes");
-
-    let (err_tx, mut err_rx) = mpsc::unbounded_channel::<Error>();
-    let stats = Arc::new(super::progress::Stats::default());
-    // Back to front: writers, fetchers, checkpointer, coalescer, WAL reader.
-    let (write_lanes, writer_dones) = spawn_writers(
-        cfg,
-        &sink,
-        &index,
-        &stats,
-        &err_tx,
-        Duration::from_millis(5),
-        cfg.capture.queue_depth,
-    );
-    let fetch_lanes = spawn_fetchers(
-        cfg,
-        &plan,
-        None,
-        &write_lanes,
-        &stats,
-        &err_tx,
-        cfg.pipeline.fetchers,
-        cfg.capture.queue_depth,
-    );
-    drop(write_lanes);
-    let (cp_tx, cp_rx) = mpsc::unbounded_channel();
-    let (frontier_tx, frontier_rx) = watch::channel(start);
-    {
-        let (store, key) = (store.clone(), n.slot.clone());
-        Checkpointer::start_in_arbiter(&Arbiter::new().handle(), move |_| {
-            Checkpointer::new(key, store, start, cp_rx, frontier_tx)
-        });
-    }
-    let (tx_tx, tx_rx) = mpsc::channel(cfg.pipeline.channel_capacity.max(1) * 16);
-    let (co_done_tx, co_done_rx) = tokio::sync::oneshot::channel();
-    {
-        let settings = CoalesceSettings {
-            window: Duration::from_millis(cfg.capture.coalesce_window_ms),
-            max_changes: cfg.capture.coalesce_max_changes.max(1),
-        };
-        let (plan, connect, errs, frontier) = (
-            plan.clone(),
-            connector(cfg, &plan.spec.database),
-            err_tx.clone(),
-            frontier_rx.clone(),
-        );
-        Coalescer::start_in_arbiter(&Arbiter::new().handle(), move |_| {
-            Coalescer::new(
-                plan,
-                settings,
-                tx_rx,
-                connect,
-                fetch_lanes,
-                cp_tx,
-                frontier,
-                errs,
-                co_done_tx,
-            )
-        });
-    }
-    let (reader_stop_tx, reader_stop_rx) = watch::channel(false);
-    let reader = match cfg.capture.mode {
-        CaptureMode::Wal => crate::source::wal::spawn_reader(
-            cfg,
-            &plan.spec.database,
-            &n.slot,
-            &n.publication,
-            tx_tx,
-            frontier_rx.clone(),
-            reader_stop_rx,
-            err_tx.clone(),
-        ),
-        CaptureMode::Notify => notify::spawn_listener(
-            cfg,
-            &plan.spec.database,
-            notify::ListenerSettings {
-                names: log_names(cfg, &plan),
-                poll_interval: Duration::from_millis(cfg.capture.poll_interval_ms.max(10)),
-                page_rows: cfg.capture.coalesce_max_changes.max(1) as i64,
-            },
-            start,
-            tx_tx,
-            frontier_rx.clone(),
-            reader_stop_rx,
-            err_tx.clone(),
-        ),
-    };
-
-    // Run until asked to stop or a stage fails.
-    let failure = tokio::select! {
-        _ = async { while !*stop.borrow_and_update() { if stop.changed().await.is_err() { break; } } } => None,
-        Some(e) = err_rx.recv() => Some(e),
-    };
-    let _ = reader_stop_tx.send(true);
-    if let Some(e) = failure {
-        return Err(e);
-    }
-    // Drain: the reader closes the coalescer's input, which closes the fetchers', which close the
-    // writers'; the checkpointer stops once every completion has reported.
-    let _ = reader.await;
-    let _ = co_done_rx.await;
-    for d in writer_dones {
-        let _ = d.await;
-    }
-    let mut f = frontier_rx;
-    while f.changed().await.is_ok() {}
-    let last = *f.borrow();
-    if let Ok(e) = err_rx.try_recv() {
-        return Err(e);
-    }
-    let client = crate::config::connect(cfg, &plan.spec.database).await?;
-    match cfg.capture.mode {
-        // The reader is gone: move the slot forward ourselves so WAL is released now.
-        CaptureMode::Wal => {
-            slot::advance_slot(&client, &n.slot, last).await?;
-        }
-        CaptureMode::Notify => {
-            notify::purge(&client, &log_names(cfg, &plan), last).await?;
-        }
-    }
-    tracing::info!(index = %index, checkpoint = last, "stopped cleanly");
-    Ok(())
 }

@@ -1,21 +1,33 @@
 //! Document fetcher stage: runs the document query for a slice of roots (a page range in the
-//! initial sync, a key set for a change) through a server-side cursor, and turns each chunk of
-//! rows into NDJSON bulk actions for the writers. The document is built by PostgreSQL; here it is
-//! only framed (and `_meta` folded in when asked), so this stage costs little CPU.
+//! initial sync, a key set for a change) and turns each chunk of rows into NDJSON bulk actions
+//! for the writers. The document is built by PostgreSQL; here it is only framed (and `_meta`
+//! folded in when asked), so this stage costs little CPU.
+//!
+//! Each request reads in one REPEATABLE READ transaction whose first statement takes the
+//! server's WAL insert position: every transaction the snapshot sees committed below it, so it
+//! is the external version of every action the request produces (see the README's "Failure
+//! handling"). A request settles its completion only once every chunk is handed on; a failed or
+//! panicking request leaves it unsettled, so its work is never checkpointed.
 
-use super::lanes::Lanes;
+use super::lanes::{Lanes, ReceiverStream};
 use super::messages::{Completion, DocChunk, FetchRequest, RootKey};
 use super::meta;
 use super::progress::Stats;
+use super::stage::{Connector, Errors, StageGuard};
 use crate::schema::resolve::IndexPlan;
-use crate::sink::{push_delete_action, push_index_action};
+use crate::sink::{push_delete_action, push_index_action, Target};
 use crate::sql::document::{cols, document_query, RootFilter};
 use crate::{Error, Result};
 use actix::prelude::*;
+use futures::StreamExt;
 use std::collections::HashMap;
 use std::sync::Arc;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::Client;
+use tokio_postgres::{Client, Statement};
+
+/// The first statement of every fetch: the WAL insert position, read after the snapshot is
+/// taken, as a decimal number.
+const VERSION_SQL: &str = "SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::text";
 
 /// Settings a fetcher needs, shared by all fetchers of an index.
 pub struct FetchSettings {
@@ -23,12 +35,10 @@ pub struct FetchSettings {
     pub plan: Arc<IndexPlan>,
     /// Add `_meta`.
     pub with_meta: bool,
-    /// Rows per cursor round trip and per chunk.
+    /// Rows per chunk.
     pub chunk_docs: usize,
     /// Bytes after which a chunk is cut early.
     pub chunk_bytes: usize,
-    /// Snapshot to read the initial sync under (exported by the slot), if any.
-    pub snapshot: Option<String>,
     /// Lane this fetcher writes to for key requests (change capture), so one `_id` stays on
     /// one writer; range requests go round-robin.
     pub lane: usize,
@@ -37,34 +47,56 @@ pub struct FetchSettings {
 /// The fetcher actor. Its input is a bounded channel attached as a stream.
 pub struct Fetcher {
     settings: Arc<FetchSettings>,
-    client: Option<Client>,
+    conn: Option<Conn>,
     out: Lanes<DocChunk>,
     stats: Arc<Stats>,
-    errors: tokio::sync::mpsc::UnboundedSender<Error>,
+    errors: Errors,
     input: Option<tokio::sync::mpsc::Receiver<FetchRequest>>,
-    connect: Arc<dyn Fn() -> futures::future::BoxFuture<'static, Result<Client>> + Send + Sync>,
+    connect: Connector,
+    guard: StageGuard,
+}
+
+/// A fetcher's connection and the document statements prepared on it.
+struct Conn {
+    client: Client,
+    statements: HashMap<String, Statement>,
 }
 
 impl Fetcher {
-    /// A fetcher reading `input`, writing to `out`, reporting fatal errors on `errors`.
-    /// `connect` opens its PostgreSQL connection on the actor's own thread.
+    /// A fetcher reading `input`, writing to `out`, reporting failures on `errors`. `connect`
+    /// opens its PostgreSQL connection on the actor's own thread.
     pub fn new(
         settings: Arc<FetchSettings>,
         input: tokio::sync::mpsc::Receiver<FetchRequest>,
         out: Lanes<DocChunk>,
         stats: Arc<Stats>,
-        errors: tokio::sync::mpsc::UnboundedSender<Error>,
-        connect: Arc<dyn Fn() -> futures::future::BoxFuture<'static, Result<Client>> + Send + Sync>,
+        errors: Errors,
+        connect: Connector,
     ) -> Self {
+        let guard = StageGuard::new(
+            format!(
+                "fetcher {} of index {}",
+                settings.lane + 1,
+                settings.plan.spec.index
+            ),
+            errors.clone(),
+        );
         Fetcher {
             settings,
-            client: None,
+            conn: None,
             out,
             stats,
             errors,
             input: Some(input),
             connect,
+            guard,
         }
+    }
+
+    fn fail(&mut self, e: Error, ctx: &mut Context<Self>) {
+        let _ = self.errors.send(e.context(self.guard.name().to_owned()));
+        self.guard.finish();
+        ctx.stop();
     }
 }
 
@@ -73,246 +105,308 @@ impl Actor for Fetcher {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         let connect = self.connect.clone();
-        let fut = async move { connect().await };
-        ctx.wait(fut.into_actor(self).map(|res, act, ctx| match res {
-            Ok(c) => {
-                act.client = Some(c);
-                if let Some(rx) = act.input.take() {
-                    ctx.add_stream(super::lanes::ReceiverStream(rx));
-                }
-            }
-            Err(e) => {
-                let _ = act.errors.send(e);
-                ctx.stop();
-            }
-        }));
+        ctx.wait(
+            async move { connect().await }
+                .into_actor(self)
+                .map(|res, act, ctx| match res {
+                    Ok(client) => {
+                        act.conn = Some(Conn {
+                            client,
+                            statements: HashMap::new(),
+                        });
+                        if let Some(rx) = act.input.take() {
+                            ctx.add_stream(ReceiverStream(rx));
+                        }
+                    }
+                    Err(e) => act.fail(e, ctx),
+                }),
+        );
     }
 }
 
-use futures::StreamExt;
-
 impl StreamHandler<FetchRequest> for Fetcher {
     fn handle(&mut self, req: FetchRequest, ctx: &mut Context<Self>) {
-        let Some(client) = self.client.take() else {
+        let Some(mut conn) = self.conn.take() else {
             return;
         };
-        let settings = self.settings.clone();
-        let out = self.out.clone();
-        let stats = self.stats.clone();
-        let fut = async move {
-            let r = run_request(&client, &settings, req, &out, &stats).await;
-            (client, r)
+        let run = Request {
+            s: self.settings.clone(),
+            out: self.out.clone(),
+            stats: self.stats.clone(),
         };
-        ctx.wait(fut.into_actor(self).map(|(client, r), act, ctx| {
-            act.client = Some(client);
+        let fut = async move {
+            let r = run.run(&mut conn, req).await;
+            (conn, r)
+        };
+        ctx.wait(fut.into_actor(self).map(|(conn, r), act, ctx| {
+            act.conn = Some(conn);
             if let Err(e) = r {
-                let _ = act.errors.send(e);
-                ctx.stop();
+                act.fail(e, ctx);
             }
         }));
     }
 
     fn finished(&mut self, ctx: &mut Context<Self>) {
+        self.guard.finish();
         ctx.stop();
     }
 }
 
-async fn run_request(
-    client: &Client,
-    s: &FetchSettings,
-    req: FetchRequest,
-    out: &Lanes<DocChunk>,
-    stats: &Stats,
-) -> Result<()> {
-    let plan = &s.plan;
-    let index = plan.spec.index.as_str();
-    let pipeline = plan.spec.pipeline.as_deref();
-    match req {
-        FetchRequest::DeleteAll { completion } => {
-            let chunk = DocChunk {
-                completion,
-                barrier: true,
-                delete_all: true,
-                ..Default::default()
-            };
-            out.send_to(s.lane % out.len(), chunk)
-                .await
-                .map_err(|_| Error::internal("writer stage stopped"))?;
-            Ok(())
-        }
-        FetchRequest::Range { filter, completion } => {
-            let sql = document_query(plan, &filter, s.with_meta);
-            stream_documents(
-                client,
-                s,
-                &sql,
-                &[],
-                None,
-                out,
-                stats,
-                index,
-                pipeline,
-                completion,
-            )
-            .await?;
-            Ok(())
-        }
-        FetchRequest::Keys { keys, completion } => {
-            if keys.is_empty() {
-                return Ok(());
-            }
-            let nkeys = plan.root.key.len();
-            let mut params: Vec<Vec<&str>> = vec![Vec::with_capacity(keys.len()); nkeys];
-            for k in &keys {
-                for (i, v) in k.values.iter().enumerate().take(nkeys) {
-                    params[i].push(v.as_str());
-                }
-            }
-            let sql = document_query(plan, &RootFilter::Keys, s.with_meta);
-            let mut wanted: HashMap<&str, &RootKey> =
-                keys.iter().map(|k| (k.id.as_str(), k)).collect();
-            stream_documents(
-                client,
-                s,
-                &sql,
-                &params,
-                Some(&mut wanted),
-                out,
-                stats,
-                index,
-                pipeline,
-                completion.clone(),
-            )
-            .await?;
-            // Requested roots that no longer exist: delete their documents.
-            if !wanted.is_empty() {
-                let mut chunk = DocChunk {
-                    completion,
-                    ..Default::default()
-                };
-                for k in wanted.values() {
-                    push_delete_action(&mut chunk.body, index, &k.id, k.routing.as_deref());
-                    chunk.ids.push(k.id.clone());
-                }
-                stats.add_deleted(chunk.ids.len() as u64);
-                out.send_to(s.lane % out.len(), chunk)
-                    .await
-                    .map_err(|_| Error::internal("writer stage stopped"))?;
-            }
-            Ok(())
-        }
+/// One request's view of the stage.
+struct Request {
+    s: Arc<FetchSettings>,
+    out: Lanes<DocChunk>,
+    stats: Arc<Stats>,
+}
+
+/// The chunk being filled, and what each of its documents answers to.
+struct ChunkBuilder<'a> {
+    chunk: DocChunk,
+    index: &'a str,
+    version: u64,
+    position: Option<u64>,
+    completion: Option<Completion>,
+}
+
+impl ChunkBuilder<'_> {
+    /// The chunk filled so far, ready to send with its own part of the completion; an empty
+    /// chunk is never sent, so it takes no part.
+    fn take(&mut self) -> DocChunk {
+        let mut c = std::mem::take(&mut self.chunk);
+        c.position = self.position;
+        c.completion = self.completion.clone();
+        c
+    }
+
+    /// Appends an index action for a document, versioned like everything in this snapshot.
+    fn index(&mut self, id: &str, routing: Option<&str>, pipeline: Option<&str>, src: &[u8]) {
+        let t = Target::new(self.index, id)
+            .routing(routing)
+            .version(Some(self.version));
+        push_index_action(&mut self.chunk.body, t, pipeline, src);
+        self.chunk.ids.push(id.to_owned());
+    }
+
+    /// Appends a versioned delete action.
+    fn delete(&mut self, id: &str, routing: Option<&str>) {
+        let t = Target::new(self.index, id)
+            .routing(routing)
+            .version(Some(self.version));
+        push_delete_action(&mut self.chunk.body, t);
+        self.chunk.ids.push(id.to_owned());
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn stream_documents(
-    client: &Client,
-    s: &FetchSettings,
-    sql: &str,
-    params: &[Vec<&str>],
-    mut wanted: Option<&mut HashMap<&str, &RootKey>>,
-    out: &Lanes<DocChunk>,
-    stats: &Stats,
-    index: &str,
-    pipeline: Option<&str>,
-    completion: Option<Completion>,
-) -> Result<()> {
-    let keyed = wanted.is_some();
-    let begin = if s.snapshot.is_some() {
-        "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY".to_owned()
-    } else {
-        "BEGIN READ ONLY".to_owned()
-    };
-    client.batch_execute(&begin).await?;
-    let result = async {
-        if let Some(snap) = &s.snapshot {
-            client
-                .batch_execute(&format!(
-                    "SET TRANSACTION SNAPSHOT {}",
-                    crate::sql::quote_literal(snap)
-                ))
-                .await?;
+impl Request {
+    async fn run(&self, conn: &mut Conn, req: FetchRequest) -> Result<()> {
+        crate::fault::check("fetch")?;
+        match req {
+            FetchRequest::DeleteAll { completion } => {
+                let chunk = DocChunk {
+                    completion,
+                    barrier: true,
+                    delete_all: true,
+                    ..Default::default()
+                };
+                self.send(chunk, true).await
+            }
+            FetchRequest::Range { filter, completion } => {
+                let sql = document_query(&self.s.plan, &filter, self.s.with_meta);
+                self.read(conn, &sql, &[], None, None, completion).await
+            }
+            FetchRequest::Keys {
+                keys,
+                position,
+                completion,
+            } => self.rebuild(conn, keys, position, completion).await,
         }
-        let stmt = client
-            .prepare(sql)
-            .await
-            .map_err(|e| Error::from(e).context(format!("document query for index {index}")))?;
+    }
+
+    /// Rebuilds `keys`; a root that no longer exists is deleted (with every routing it may have
+    /// been indexed with).
+    async fn rebuild(
+        &self,
+        conn: &mut Conn,
+        keys: Vec<RootKey>,
+        position: u64,
+        completion: Option<Completion>,
+    ) -> Result<()> {
+        let nkeys = self.s.plan.root.key.len();
+        let mut params: Vec<Vec<&str>> = vec![Vec::with_capacity(keys.len()); nkeys];
+        for k in &keys {
+            for (i, v) in k.values.iter().enumerate().take(nkeys) {
+                params[i].push(v.as_str());
+            }
+        }
+        let sql = document_query(&self.s.plan, &RootFilter::Keys, self.s.with_meta);
+        let mut wanted: HashMap<&str, &RootKey> = keys.iter().map(|k| (k.id.as_str(), k)).collect();
+        self.read(
+            conn,
+            &sql,
+            &params,
+            Some(&mut wanted),
+            Some(position),
+            completion,
+        )
+        .await
+    }
+
+    /// Streams the documents of `sql` into chunks, in one snapshot with one version.
+    async fn read(
+        &self,
+        conn: &mut Conn,
+        sql: &str,
+        params: &[Vec<&str>],
+        wanted: Option<&mut HashMap<&str, &RootKey>>,
+        position: Option<u64>,
+        completion: Option<Completion>,
+    ) -> Result<()> {
+        conn.client
+            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await?;
+        let result = self
+            .read_in_snapshot(conn, sql, params, wanted, position, completion)
+            .await;
+        let end = conn
+            .client
+            .batch_execute(if result.is_ok() { "COMMIT" } else { "ROLLBACK" })
+            .await;
+        result?;
+        end?;
+        Ok(())
+    }
+
+    async fn read_in_snapshot(
+        &self,
+        conn: &mut Conn,
+        sql: &str,
+        params: &[Vec<&str>],
+        mut wanted: Option<&mut HashMap<&str, &RootKey>>,
+        position: Option<u64>,
+        completion: Option<Completion>,
+    ) -> Result<()> {
+        let index = self.s.plan.spec.index.as_str();
+        let version = snapshot_version(&conn.client).await?;
+        let stmt = prepared(conn, sql, index).await?;
         let p: Vec<&(dyn ToSql + Sync)> = params.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
         // Rows stream from the statement's portal as they are produced; TCP flow control
         // stops PostgreSQL when we stop reading, so client memory stays at one chunk.
-        let rows_stream = client.query_raw(&stmt, p.iter().copied()).await?;
-        futures::pin_mut!(rows_stream);
-        let mut chunk = DocChunk {
-            completion: completion.clone(),
-            ..Default::default()
+        let rows = conn.client.query_raw(&stmt, p.iter().copied()).await?;
+        futures::pin_mut!(rows);
+        let keyed = wanted.is_some();
+        let mut b = ChunkBuilder {
+            chunk: DocChunk::default(),
+            index,
+            version,
+            position,
+            completion,
         };
-        while let Some(row) = rows_stream.next().await {
+        while let Some(row) = rows.next().await {
             let row = row?;
             let id: &str = row.get(cols::ID);
-            let doc: &str = row.get(cols::DOC);
             let routing: Option<&str> = row.get(cols::ROUTING);
-            if let Some(w) = wanted.as_deref_mut() {
-                w.remove(id);
+            if let Some(k) = wanted.as_deref_mut().and_then(|w| w.remove(id)) {
+                self.delete_moved(&mut b, k, routing);
             }
-            if s.with_meta {
-                let m: Option<&str> = row.get(cols::META);
-                let mut v: serde_json::Value = serde_json::from_str(doc)
-                    .map_err(|e| Error::internal(format!("document {id} of index {index}: {e}")))?;
-                if let (Some(obj), Some(m)) = (v.as_object_mut(), m) {
-                    let triples: serde_json::Value = serde_json::from_str(m)
-                        .map_err(|e| Error::internal(format!("_meta of {id}: {e}")))?;
-                    obj.insert("_meta".into(), meta::fold(&triples));
-                }
-                let bytes = serde_json::to_vec(&v).map_err(|e| Error::internal(e.to_string()))?;
-                push_index_action(&mut chunk.body, index, id, routing, pipeline, &bytes);
-            } else {
-                push_index_action(
-                    &mut chunk.body,
-                    index,
-                    id,
-                    routing,
-                    pipeline,
-                    doc.as_bytes(),
-                );
-            }
-            chunk.ids.push(id.to_owned());
-            if chunk.ids.len() >= s.chunk_docs || chunk.body.len() >= s.chunk_bytes {
-                stats.add_fetched(chunk.ids.len() as u64);
-                let full = std::mem::replace(
-                    &mut chunk,
-                    DocChunk {
-                        completion: completion.clone(),
-                        ..Default::default()
-                    },
-                );
-                send(out, s, keyed, full).await?;
+            self.push_document(&mut b, &row, id, routing)?;
+            if b.chunk.ids.len() >= self.s.chunk_docs || b.chunk.body.len() >= self.s.chunk_bytes {
+                let full = b.take();
+                self.stats.add_fetched(full.ids.len() as u64);
+                self.send(full, keyed).await?;
             }
         }
-        if !chunk.ids.is_empty() {
-            stats.add_fetched(chunk.ids.len() as u64);
-            send(out, s, keyed, chunk).await?;
+        if let Some(w) = wanted {
+            self.delete_missing(&mut b, w);
         }
-        Ok::<(), Error>(())
+        if !b.chunk.ids.is_empty() {
+            let last = b.take();
+            self.stats.add_fetched(last.ids.len() as u64);
+            self.send(last, keyed).await?;
+        }
+        if let Some(c) = b.completion.take() {
+            c.done();
+        }
+        Ok(())
     }
-    .await;
-    let end = client
-        .batch_execute(if result.is_ok() { "COMMIT" } else { "ROLLBACK" })
-        .await;
-    result?;
-    end?;
-    Ok(())
+
+    /// Frames one document row as an index action.
+    fn push_document(
+        &self,
+        b: &mut ChunkBuilder<'_>,
+        row: &tokio_postgres::Row,
+        id: &str,
+        routing: Option<&str>,
+    ) -> Result<()> {
+        let doc: &str = row.get(cols::DOC);
+        let pipeline = self.s.plan.spec.pipeline.as_deref();
+        if self.s.with_meta {
+            let bytes = with_meta(doc, row.get(cols::META), id, b.index)?;
+            b.index(id, routing, pipeline, &bytes);
+        } else {
+            b.index(id, routing, pipeline, doc.as_bytes());
+        }
+        Ok(())
+    }
+
+    /// A document whose routing changed is deleted where it was indexed before.
+    fn delete_moved(&self, b: &mut ChunkBuilder<'_>, k: &RootKey, now: Option<&str>) {
+        for old in k.routings.iter().filter(|r| Some(r.as_str()) != now) {
+            b.delete(&k.id, Some(old));
+        }
+    }
+
+    /// Requested roots that no longer exist: delete their documents.
+    fn delete_missing(&self, b: &mut ChunkBuilder<'_>, wanted: &HashMap<&str, &RootKey>) {
+        for k in wanted.values() {
+            if k.routings.is_empty() {
+                b.delete(&k.id, None);
+            }
+            for r in &k.routings {
+                b.delete(&k.id, Some(r));
+            }
+            self.stats.add_deleted(1);
+        }
+    }
+
+    async fn send(&self, chunk: DocChunk, keyed: bool) -> Result<()> {
+        let r = if keyed {
+            self.out.send_to(self.s.lane % self.out.len(), chunk).await
+        } else {
+            self.out.send_any(chunk).await
+        };
+        r.map_err(|_| Error::stage("the writer stage stopped"))
+    }
 }
 
-async fn send(
-    out: &Lanes<DocChunk>,
-    s: &FetchSettings,
-    keyed: bool,
-    chunk: DocChunk,
-) -> Result<()> {
-    let r = if keyed {
-        out.send_to(s.lane % out.len(), chunk).await
-    } else {
-        out.send_any(chunk).await
-    };
-    r.map_err(|_| Error::internal("writer stage stopped"))
+/// The version of everything read in the current snapshot (see the module docs).
+async fn snapshot_version(client: &Client) -> Result<u64> {
+    let text: String = client.query_one(VERSION_SQL, &[]).await?.get(0);
+    text.parse()
+        .map_err(|_| Error::internal(format!("unexpected WAL position {text:?}")))
+}
+
+/// The statement for `sql`, prepared once per connection.
+async fn prepared(conn: &mut Conn, sql: &str, index: &str) -> Result<Statement> {
+    if let Some(s) = conn.statements.get(sql) {
+        return Ok(s.clone());
+    }
+    let s = conn
+        .client
+        .prepare(sql)
+        .await
+        .map_err(|e| Error::from(e).context(format!("document query for index {index}")))?;
+    conn.statements.insert(sql.to_owned(), s.clone());
+    Ok(s)
+}
+
+/// The document with PGSync's `_meta` folded in from the query's triples.
+fn with_meta(doc: &str, triples: Option<&str>, id: &str, index: &str) -> Result<Vec<u8>> {
+    let mut v: serde_json::Value = serde_json::from_str(doc)
+        .map_err(|e| Error::internal(format!("document {id} of index {index}: {e}")))?;
+    if let (Some(obj), Some(m)) = (v.as_object_mut(), triples) {
+        let triples: serde_json::Value =
+            serde_json::from_str(m).map_err(|e| Error::internal(format!("_meta of {id}: {e}")))?;
+        obj.insert("_meta".into(), meta::fold(&triples));
+    }
+    serde_json::to_vec(&v).map_err(|e| Error::internal(e.to_string()))
 }

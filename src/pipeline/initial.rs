@@ -1,52 +1,44 @@
 //! The initial sync of one index: planner → fetchers → writers, spawned back to front, each stage
-//! on its own arbiter thread and fed by bounded channels.
+//! on its own arbiter thread and fed by bounded channels. Every range settles a completion once
+//! the engine acknowledged all its documents; with a [`RangeLog`] the daemon stores each finished
+//! range, so a sync killed part-way resumes from the ranges it finished rather than from zero.
 
 use super::fetcher::{FetchSettings, Fetcher};
 use super::lanes::Lanes;
-use super::messages::{DocChunk, FetchRequest};
+use super::messages::{Completion, DocChunk, FetchRequest};
 use super::planner;
 use super::progress::{Progress, Stats, Summary};
-use super::writer::{Writer, WriterSettings};
+use super::stage::{connector, Errors, Threads};
+use super::writer::{Rejections, Writer, WriterSettings};
+use crate::checkpoint::{CheckpointRecord, RangeState, Store};
 use crate::config::Config;
 use crate::schema::resolve::IndexPlan;
 use crate::sink::Sink;
+use crate::sql::document::RootFilter;
 use crate::{Error, Result};
 use actix::prelude::*;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
-/// Opens a PostgreSQL connection for a stage, on the stage's own thread.
-pub type Connector = Arc<
-    dyn Fn() -> futures::future::BoxFuture<'static, Result<tokio_postgres::Client>> + Send + Sync,
->;
-
-/// A connector for `database` from the configuration.
-pub fn connector(cfg: &Config, database: &str) -> Connector {
-    let cfg = Arc::new(cfg.clone());
-    let db = database.to_owned();
-    Arc::new(move || {
-        let cfg = cfg.clone();
-        let db = db.clone();
-        Box::pin(async move { crate::config::connect(&cfg, &db).await })
-    })
-}
-
-/// The writer stage: `n` writers with inputs of `capacity` messages. Returns their lanes and
-/// done signals.
+/// The writer stage: `pipeline.writers` writers with inputs of `capacity` messages, on `threads`.
+/// Returns their lanes and done signals.
+#[allow(clippy::too_many_arguments)]
 pub fn spawn_writers(
     cfg: &Config,
+    threads: &mut Threads,
     sink: &Sink,
     index: &str,
     stats: &Arc<Stats>,
-    errors: &mpsc::UnboundedSender<Error>,
+    errors: &Errors,
+    rejections: &Rejections,
     linger: Duration,
     capacity: usize,
 ) -> (Lanes<DocChunk>, Vec<tokio::sync::oneshot::Receiver<()>>) {
     let p = &cfg.pipeline;
     let mut senders = vec![];
     let mut dones = vec![];
-    for _ in 0..p.writers.max(1) {
+    for n in 0..p.writers.max(1) {
         let (tx, rx) = mpsc::channel(capacity.max(1));
         let (dtx, drx) = tokio::sync::oneshot::channel();
         let settings = WriterSettings {
@@ -55,15 +47,25 @@ pub fn spawn_writers(
             in_flight: p.requests_in_flight.max(1),
             linger,
         };
-        let (sink, index, stats, errors) = (
+        let (sink, index, stats, errors, rejections) = (
             sink.clone(),
             index.to_owned(),
             stats.clone(),
             errors.clone(),
+            rejections.clone(),
         );
-        let arb = Arbiter::new();
-        Writer::start_in_arbiter(&arb.handle(), move |_| {
-            Writer::new(sink, index, settings, rx, stats, errors, dtx)
+        Writer::start_in_arbiter(&threads.spawn(), move |_| {
+            Writer::new(
+                n + 1,
+                sink,
+                index,
+                settings,
+                rx,
+                stats,
+                errors,
+                rejections,
+                dtx,
+            )
         });
         senders.push(tx);
         dones.push(drx);
@@ -75,11 +77,11 @@ pub fn spawn_writers(
 #[allow(clippy::too_many_arguments)]
 pub fn spawn_fetchers(
     cfg: &Config,
+    threads: &mut Threads,
     plan: &Arc<IndexPlan>,
-    snapshot: Option<String>,
     out: &Lanes<DocChunk>,
     stats: &Arc<Stats>,
-    errors: &mpsc::UnboundedSender<Error>,
+    errors: &Errors,
     n: usize,
     capacity: usize,
 ) -> Lanes<FetchRequest> {
@@ -93,13 +95,11 @@ pub fn spawn_fetchers(
             with_meta: cfg.documents.meta,
             chunk_docs: p.fetch_chunk.max(1).min(p.batch_docs.max(1)),
             chunk_bytes: p.batch_bytes.max(1024),
-            snapshot: snapshot.clone(),
             lane,
         });
         let (out, stats, errors, connect) =
             (out.clone(), stats.clone(), errors.clone(), connect.clone());
-        let arb = Arbiter::new();
-        Fetcher::start_in_arbiter(&arb.handle(), move |_| {
+        Fetcher::start_in_arbiter(&threads.spawn(), move |_| {
             Fetcher::new(settings, rx, out, stats, errors, connect)
         });
         senders.push(tx);
@@ -107,32 +107,108 @@ pub fn spawn_fetchers(
     Lanes::new(senders)
 }
 
-/// Builds every document of `plan` and writes it to `sink`. Must run inside an actix System.
+/// Where a daemon's initial sync records its ranges as they finish: the index's checkpoint
+/// record, holding an [`crate::checkpoint::InitialProgress`].
+pub struct RangeLog {
+    /// The checkpoint store.
+    pub store: Store,
+    /// The checkpoint key.
+    pub key: String,
+    /// The record as stored, with `initial` set.
+    pub record: CheckpointRecord,
+}
+
+impl RangeLog {
+    fn ranges(&self) -> &[RangeState] {
+        self.record
+            .initial
+            .as_ref()
+            .map(|p| p.ranges.as_slice())
+            .unwrap_or_default()
+    }
+
+    async fn mark_done(&mut self, i: usize) -> Result<()> {
+        if let Some(r) = self
+            .record
+            .initial
+            .as_mut()
+            .and_then(|p| p.ranges.get_mut(i))
+        {
+            r.done = true;
+        }
+        self.store.save(&self.key, &self.record).await
+    }
+}
+
+/// The ranges to read: those a previous attempt left unfinished, or a fresh split of the table.
+async fn plan_ranges(
+    cfg: &Config,
+    plan: &IndexPlan,
+    log: &mut Option<RangeLog>,
+) -> Result<(Vec<(usize, RootFilter)>, Option<u64>)> {
+    let client = crate::config::connect(cfg, &plan.spec.database).await?;
+    let (kind, pages, rows) = planner::root_size(&client, plan).await?;
+    drop(client);
+    if let Some(l) = log.as_ref().filter(|l| !l.ranges().is_empty()) {
+        let left: Vec<(usize, RootFilter)> = l
+            .ranges()
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| !r.done)
+            .map(|(i, r)| (i, r.filter.clone()))
+            .collect();
+        tracing::info!(index = %plan.spec.index, left = left.len(), of = l.ranges().len(), "initial sync resumes from the ranges it finished");
+        return Ok((left, rows));
+    }
+    let n = cfg.pipeline.fetchers.max(1) * cfg.pipeline.ranges_per_fetcher.max(1);
+    let ranges = planner::split(kind, pages, n);
+    if let Some(l) = log.as_mut() {
+        if let Some(p) = l.record.initial.as_mut() {
+            p.ranges = ranges
+                .iter()
+                .map(|f| RangeState {
+                    filter: f.clone(),
+                    done: false,
+                })
+                .collect();
+        }
+        l.store.save(&l.key, &l.record).await?;
+    }
+    tracing::info!(index = %plan.spec.index, ranges = ranges.len(), pages, estimated_rows = rows.unwrap_or(0), "initial sync started");
+    Ok((ranges.into_iter().enumerate().collect(), rows))
+}
+
+/// Builds every document of `plan` (or, with a `log` holding progress, those of the ranges not
+/// yet finished) and writes it to `sink`. Must run inside an actix System.
 pub async fn initial_sync(
     cfg: &Config,
     plan: Arc<IndexPlan>,
     sink: Sink,
-    snapshot: Option<String>,
+    rejections: Rejections,
+    mut log: Option<RangeLog>,
 ) -> Result<Summary> {
     let started = Instant::now();
     let stats = Arc::new(Stats::default());
     let (err_tx, mut err_rx) = mpsc::unbounded_channel();
     let index = plan.spec.index.clone();
+    let mut threads = Threads::default();
 
     // Back to front: writers, then fetchers given the writers' lanes, then the planner.
     let (write_lanes, dones) = spawn_writers(
         cfg,
+        &mut threads,
         &sink,
         &index,
         &stats,
         &err_tx,
+        &rejections,
         Duration::from_millis(200),
         cfg.pipeline.channel_capacity,
     );
     let fetch_lanes = spawn_fetchers(
         cfg,
+        &mut threads,
         &plan,
-        snapshot,
         &write_lanes,
         &stats,
         &err_tx,
@@ -142,32 +218,69 @@ pub async fn initial_sync(
     let blocked = write_lanes.blocked_counter();
     drop(write_lanes);
 
-    let client = crate::config::connect(cfg, &plan.spec.database).await?;
-    let (kind, pages, rows) = planner::root_size(&client, &plan).await?;
-    drop(client);
-    let ranges = planner::split(
-        kind,
-        pages,
-        cfg.pipeline.fetchers.max(1) * cfg.pipeline.ranges_per_fetcher.max(1),
-    );
-    tracing::info!(index = %index, ranges = ranges.len(), pages, estimated_rows = rows.unwrap_or(0), "initial sync started");
-    let progress = Progress::start(
-        &index,
-        stats.clone(),
-        rows,
-        Duration::from_secs(cfg.log.progress_interval_secs.max(1)),
-    );
+    let result = async {
+        let (ranges, rows) = plan_ranges(cfg, &plan, &mut log).await?;
+        let _progress = Progress::start(
+            &index,
+            stats.clone(),
+            rows,
+            Duration::from_secs(cfg.log.progress_interval_secs.max(1)),
+        );
+        run_ranges(
+            ranges,
+            fetch_lanes,
+            dones,
+            &err_tx,
+            &mut err_rx,
+            log.as_mut(),
+        )
+        .await
+    }
+    .await;
+    threads.stop().await;
+    result?;
+    Ok(Summary {
+        index,
+        written: stats.written(),
+        failed: stats.failed(),
+        dead_lettered: stats.dead_lettered(),
+        retries: stats.retries(),
+        elapsed: started.elapsed(),
+        blocked: blocked.get(),
+    })
+}
 
+/// Feeds the ranges to the fetchers and records each as it finishes, until all are written or a
+/// stage fails.
+async fn run_ranges(
+    ranges: Vec<(usize, RootFilter)>,
+    fetch_lanes: Lanes<FetchRequest>,
+    dones: Vec<tokio::sync::oneshot::Receiver<()>>,
+    err_tx: &Errors,
+    err_rx: &mut mpsc::UnboundedReceiver<Error>,
+    mut log: Option<&mut RangeLog>,
+) -> Result<()> {
+    let total = ranges.len();
+    let (finished_tx, mut finished_rx) = mpsc::unbounded_channel::<usize>();
     let feed = async {
-        for r in ranges {
-            if fetch_lanes
-                .send_any(FetchRequest::Range {
-                    filter: r,
-                    completion: None,
-                })
-                .await
-                .is_err()
-            {
+        for (i, filter) in ranges {
+            let (tx, errs) = (finished_tx.clone(), err_tx.clone());
+            let completion = Completion::new(
+                move || {
+                    let _ = tx.send(i);
+                },
+                move || {
+                    let _ = errs.send(Error::stage(format!(
+                        "range {} of the initial sync was not completely written",
+                        i + 1
+                    )));
+                },
+            );
+            let req = FetchRequest::Range {
+                filter,
+                completion: Some(completion),
+            };
+            if fetch_lanes.send_any(req).await.is_err() {
                 break;
             }
         }
@@ -177,22 +290,22 @@ pub async fn initial_sync(
         }
     };
     tokio::pin!(feed);
-    let result = tokio::select! {
-        _ = &mut feed => Ok(()),
-        Some(e) = err_rx.recv() => Err(e),
-    };
-    drop(progress);
-    result?;
-    // An error reported by the last request of a writer arrives just before its done signal.
-    if let Ok(e) = err_rx.try_recv() {
-        return Err(e);
+    let mut fed = false;
+    let mut finished = 0;
+    while finished < total || !fed {
+        tokio::select! {
+            _ = &mut feed, if !fed => fed = true,
+            Some(i) = finished_rx.recv() => {
+                finished += 1;
+                if let Some(l) = log.as_deref_mut() {
+                    l.mark_done(i).await?;
+                }
+            }
+            Some(e) = err_rx.recv() => return Err(e),
+        }
     }
-    Ok(Summary {
-        index,
-        written: stats.written(),
-        failed: stats.failed(),
-        retries: stats.retries(),
-        elapsed: started.elapsed(),
-        blocked: blocked.get(),
-    })
+    match err_rx.try_recv() {
+        Ok(e) => Err(e),
+        Err(_) => Ok(()),
+    }
 }

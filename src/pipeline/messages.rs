@@ -1,63 +1,30 @@
 //! Typed messages passed between pipeline stages. Each stage owns a bounded channel receiver and
 //! holds the sender of the next stage, so a slow stage blocks the ones before it.
 
-use std::sync::Arc;
-
-/// Runs a callback once every chunk carrying a clone of it has been written: the last clone
-/// dropped without [`Completion::fail`] having been called fires it. Checkpoints use it to learn
-/// that a position's documents are all written; barriers use it to wait for a step to finish.
-#[derive(Clone)]
-pub struct Completion(Arc<CompletionInner>);
-
-type Callback = Box<dyn FnOnce() + Send>;
-
-struct CompletionInner {
-    failed: std::sync::atomic::AtomicBool,
-    on_done: std::sync::Mutex<Option<Callback>>,
-}
-
-impl Completion {
-    /// A completion that calls `on_done` when the work it travels with is written.
-    pub fn new(on_done: impl FnOnce() + Send + 'static) -> Self {
-        Completion(Arc::new(CompletionInner {
-            failed: Default::default(),
-            on_done: std::sync::Mutex::new(Some(Box::new(on_done))),
-        }))
-    }
-    /// Records that a chunk could not be written: the callback must never fire.
-    pub fn fail(&self) {
-        self.0
-            .failed
-            .store(true, std::sync::atomic::Ordering::SeqCst);
-    }
-}
-
-impl Drop for CompletionInner {
-    fn drop(&mut self) {
-        if !self.failed.load(std::sync::atomic::Ordering::SeqCst) {
-            if let Some(f) = self.on_done.lock().ok().and_then(|mut g| g.take()) {
-                f();
-            }
-        }
-    }
-}
-
-impl std::fmt::Debug for Completion {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Completion")
-    }
-}
+pub use super::completion::Completion;
+use crate::source::change::Change;
+use crate::sql::document::RootFilter;
 
 /// One root document to rebuild: its key values (text, in key column order), its `_id`, and the
-/// routing value last seen for it (needed to delete it when the row is gone).
+/// routing values seen for it in the changes (old and new), so a document that moved shard or
+/// whose row is gone is deleted where it was indexed.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct RootKey {
     /// Key column values in the root's key order.
     pub values: Vec<String>,
     /// The document `_id`.
     pub id: String,
-    /// Routing of the existing document, when routing is configured and known.
-    pub routing: Option<String>,
+    /// Routing values the document may have been indexed with, when routing is configured.
+    pub routings: Vec<String>,
+}
+
+/// A window of coalesced changes, for the query builder to turn into documents to rebuild.
+#[derive(Debug)]
+pub struct Window {
+    /// The changes, in commit order.
+    pub changes: Vec<Change>,
+    /// Position to checkpoint once every document they affect is written.
+    pub position: u64,
 }
 
 /// Work for a fetcher.
@@ -66,20 +33,22 @@ pub enum FetchRequest {
     /// Build every document in a slice of the root table (initial sync, full rebuild).
     Range {
         /// Which root rows.
-        filter: crate::sql::document::RootFilter,
-        /// Fired once written.
+        filter: RootFilter,
+        /// Settled once every document of the range is acknowledged.
         completion: Option<Completion>,
     },
     /// Rebuild these documents; any that no longer exist are deleted.
     Keys {
         /// Root rows to rebuild.
         keys: Vec<RootKey>,
-        /// Reported done once written.
+        /// Stream position the rebuild answers to (for dead letters).
+        position: u64,
+        /// Settled once every document is acknowledged.
         completion: Option<Completion>,
     },
     /// Delete every document of the index (root table truncated).
     DeleteAll {
-        /// Reported done once deleted.
+        /// Settled once the engine deleted them.
         completion: Option<Completion>,
     },
 }
@@ -91,7 +60,9 @@ pub struct DocChunk {
     pub body: Vec<u8>,
     /// `_id` of each action, in order.
     pub ids: Vec<String>,
-    /// Reported done once written.
+    /// Stream position the documents answer to; `None` in an initial sync.
+    pub position: Option<u64>,
+    /// Settled once written.
     pub completion: Option<Completion>,
     /// When set, the writer flushes everything it holds before and after this chunk.
     pub barrier: bool,

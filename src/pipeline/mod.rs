@@ -6,6 +6,7 @@
 
 pub mod bootstrap;
 pub mod coalescer;
+pub mod completion;
 pub mod daemon;
 pub mod fetcher;
 pub mod initial;
@@ -14,4 +15,8 @@ pub mod messages;
 pub mod meta;
 pub mod planner;
 pub mod progress;
+pub mod query_builder;
+pub mod stage;
+pub mod streaming;
+pub mod supervisor;
 pub mod writer;

@@ -13,6 +13,7 @@ pub struct Stats {
     written: AtomicU64,
     deleted: AtomicU64,
     failed: AtomicU64,
+    dead_lettered: AtomicU64,
     retries: AtomicU64,
     bytes: AtomicU64,
     requests: AtomicU64,
@@ -36,6 +37,14 @@ impl Stats {
     /// Actions the search engine rejected for good.
     pub fn add_failed(&self, n: u64) {
         self.failed.fetch_add(n, Relaxed);
+    }
+    /// Rejected documents recorded in the dead-letter store.
+    pub fn add_dead_lettered(&self, n: u64) {
+        self.dead_lettered.fetch_add(n, Relaxed);
+    }
+    /// Rejected documents recorded so far.
+    pub fn dead_lettered(&self) -> u64 {
+        self.dead_lettered.load(Relaxed)
     }
     /// Bulk requests retried.
     pub fn add_retries(&self, n: u64) {
@@ -76,6 +85,8 @@ pub struct Summary {
     pub written: u64,
     /// Actions rejected.
     pub failed: u64,
+    /// Rejected documents recorded in the dead-letter store.
+    pub dead_lettered: u64,
     /// Retries.
     pub retries: u64,
     /// Wall time.
@@ -95,12 +106,13 @@ impl std::fmt::Display for Summary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "index {}: {} documents in {:.2}s ({:.0} docs/s), {} failed, {} retries, {:.2}s blocked on backpressure",
+            "index {}: {} documents in {:.2}s ({:.0} docs/s), {} failed ({} dead-lettered), {} retries, {:.2}s blocked on backpressure",
             self.index,
             self.written,
             self.elapsed.as_secs_f64(),
             self.rate(),
             self.failed,
+            self.dead_lettered,
             self.retries,
             self.blocked.as_secs_f64()
         )

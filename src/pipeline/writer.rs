@@ -1,7 +1,10 @@
 //! Bulk writer stage: merges chunks into bulk requests bounded by documents and bytes, keeps up to
 //! `requests_in_flight` requests open (waiting for a free slot stops it pulling its input, which is
-//! the backpressure to the fetchers), and reports every per-item failure with the document `_id`
-//! and the engine's reason. A chunk's completion is released only after its request succeeded.
+//! the backpressure to the fetchers), and settles a chunk's completion only after the engine
+//! acknowledged every document in it. A document the engine rejects for good goes to the
+//! dead-letter store (or fails the run, or is skipped, per `dead_letter.on_rejected`) before its
+//! completion is settled, so no position is checkpointed past a document that was neither
+//! written nor recorded.
 //!
 //! Requests in flight at the same time may be applied by the engine in any order, so a request
 //! holding an `_id` that one in flight also holds waits until those in flight are done: two
@@ -9,8 +12,11 @@
 
 use super::messages::{Completion, DocChunk};
 use super::progress::Stats;
-use crate::sink::{BulkBatch, Sink};
-use crate::Error;
+use super::stage::{Errors, StageGuard};
+use crate::config::OnRejected;
+use crate::sink::dead_letter::{DeadLetters, Entry};
+use crate::sink::{BulkBatch, BulkOutcome, ItemFailure, Sink};
+use crate::{Error, ErrorKind, Result};
 use actix::prelude::*;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -30,6 +36,37 @@ pub struct WriterSettings {
     pub linger: Duration,
 }
 
+/// What a writer does with rejected documents, shared by the writers of an index.
+#[derive(Clone)]
+pub struct Rejections {
+    /// `dead_letter.on_rejected`.
+    pub policy: OnRejected,
+    /// The index's dead-letter store.
+    pub store: DeadLetters,
+    /// How a stream position reads in an entry (`0/16B3748`, `xid 1234`).
+    pub describe: fn(u64) -> String,
+}
+
+impl Rejections {
+    /// The configured policy and the dead-letter store of `index` (created when missing).
+    pub async fn open(cfg: &crate::config::Config, sink: &Sink, index: &str) -> Result<Self> {
+        let store = DeadLetters::open(&cfg.dead_letter, sink, index).await?;
+        let policy = match cfg.dead_letter.on_rejected {
+            // No store to record in: rejected documents are logged and skipped.
+            OnRejected::DeadLetter if store.is_off() => OnRejected::Skip,
+            p => p,
+        };
+        Ok(Rejections {
+            policy,
+            store,
+            describe: match cfg.capture.mode {
+                crate::config::CaptureMode::Wal => crate::source::slot::format_lsn,
+                crate::config::CaptureMode::Notify => |x| format!("xid {x}"),
+            },
+        })
+    }
+}
+
 /// The writer actor. Its work is one async loop (spawned when the actor starts) that owns the
 /// bounded input: batching, request slots and barriers stay in order without relying on the
 /// ordering of queued actor futures.
@@ -38,43 +75,71 @@ pub struct Writer {
     done: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
-struct WriterLoop {
+/// Everything one writer's requests share.
+#[derive(Clone)]
+struct Shared {
     sink: Sink,
     index: String,
-    settings: WriterSettings,
-    input: tokio::sync::mpsc::Receiver<DocChunk>,
     stats: Arc<Stats>,
-    errors: tokio::sync::mpsc::UnboundedSender<Error>,
+    errors: Errors,
+    rejections: Rejections,
 }
 
+struct WriterLoop {
+    shared: Shared,
+    settings: WriterSettings,
+    input: tokio::sync::mpsc::Receiver<DocChunk>,
+    guard: StageGuard,
+}
+
+/// Chunks merged into the next request.
 #[derive(Default)]
 struct Pending {
     body: Vec<u8>,
     ids: Vec<String>,
     completions: Vec<Completion>,
+    /// `(end, position)`: actions before `end` (and after the previous span) answer to
+    /// `position`.
+    spans: Vec<(usize, Option<u64>)>,
+}
+
+impl Pending {
+    fn position_of(&self, action: usize) -> Option<u64> {
+        self.spans
+            .iter()
+            .find(|(end, _)| action < *end)
+            .and_then(|(_, p)| *p)
+    }
 }
 
 impl Writer {
-    /// A writer for `index` reading `input`; signals `done` after its input closed and every
+    /// Writer `n` of `index` reading `input`; signals `done` after its input closed and every
     /// request finished.
-    #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments)] // one argument per pipeline wire
     pub fn new(
+        n: usize,
         sink: Sink,
         index: String,
         settings: WriterSettings,
         input: tokio::sync::mpsc::Receiver<DocChunk>,
         stats: Arc<Stats>,
-        errors: tokio::sync::mpsc::UnboundedSender<Error>,
+        errors: Errors,
+        rejections: Rejections,
         done: tokio::sync::oneshot::Sender<()>,
     ) -> Self {
+        let guard = StageGuard::new(format!("writer {n} of index {index}"), errors.clone());
         Writer {
             state: Some(WriterLoop {
-                sink,
-                index,
+                shared: Shared {
+                    sink,
+                    index,
+                    stats,
+                    errors,
+                    rejections,
+                },
                 settings,
                 input,
-                stats,
-                errors,
+                guard,
             }),
             done: Some(done),
         }
@@ -123,30 +188,36 @@ impl WriterLoop {
                 self.drain(&slots).await;
             }
             if chunk.delete_all {
-                if let Err(e) = self.sink.delete_all_documents(&self.index).await {
-                    if let Some(c) = &chunk.completion {
-                        c.fail();
-                    }
-                    let _ = self.errors.send(e);
-                }
+                self.delete_all(chunk.completion).await;
                 continue;
             }
+            let barrier = chunk.barrier;
             pending.body.extend_from_slice(&chunk.body);
             pending.ids.extend(chunk.ids);
-            if let Some(c) = chunk.completion {
-                pending.completions.push(c);
-            }
+            pending.spans.push((pending.ids.len(), chunk.position));
+            pending.completions.extend(chunk.completion);
             if pending.ids.len() >= self.settings.batch_docs
                 || pending.body.len() >= self.settings.batch_bytes
             {
                 self.flush(&mut pending, &slots, &ids).await;
             }
-            if chunk.barrier {
+            if barrier {
                 self.drain(&slots).await;
             }
         }
         self.flush(&mut pending, &slots, &ids).await;
         self.drain(&slots).await;
+        self.guard.finish();
+    }
+
+    async fn delete_all(&self, completion: Option<Completion>) {
+        let s = &self.shared;
+        match s.sink.delete_all_documents(&s.index).await {
+            Ok(()) => completion.into_iter().for_each(Completion::done),
+            Err(e) => {
+                let _ = s.errors.send(e);
+            }
+        }
     }
 
     /// Waits until every request in flight has finished.
@@ -161,7 +232,9 @@ impl WriterLoop {
     async fn flush(&self, pending: &mut Pending, slots: &Arc<Semaphore>, in_flight: &InFlightIds) {
         let p = std::mem::take(pending);
         if p.ids.is_empty() {
-            return; // completions dropped: nothing of theirs left to write
+            // Nothing of theirs left to write: the completions' parts are done.
+            p.completions.into_iter().for_each(Completion::done);
+            return;
         }
         let overlaps = {
             let held = in_flight.lock().unwrap_or_else(|e| e.into_inner());
@@ -177,46 +250,11 @@ impl WriterLoop {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .extend(p.ids.iter().cloned());
-        let sent_ids = p.ids.clone();
-        let in_flight = in_flight.clone();
-        let batch = BulkBatch {
-            body: bytes::Bytes::from(p.body),
-            ids: p.ids,
-        };
-        let completions = p.completions;
-        let (sink, stats, errors, index) = (
-            self.sink.clone(),
-            self.stats.clone(),
-            self.errors.clone(),
-            self.index.clone(),
-        );
+        let (shared, in_flight) = (self.shared.clone(), in_flight.clone());
         tokio::spawn(async move {
-            let bytes = batch.body.len() as u64;
-            match sink.bulk(batch).await {
-                Ok(outcome) => {
-                    stats.add_retries(outcome.retries as u64);
-                    stats.add_written(outcome.succeeded as u64, bytes);
-                    if !outcome.failures.is_empty() {
-                        stats.add_failed(outcome.failures.len() as u64);
-                        for f in &outcome.failures {
-                            tracing::error!(
-                                index = %index,
-                                id = %f.id,
-                                status = f.status,
-                                reason = %f.reason,
-                                "document rejected by the search engine"
-                            );
-                        }
-                    }
-                }
-                Err(e) => {
-                    for c in &completions {
-                        c.fail();
-                    }
-                    let _ = errors.send(e.context(format!("bulk write to index {index}")));
-                }
-            }
-            drop(completions);
+            crate::fault::pause("write").await;
+            let sent_ids = p.ids.clone();
+            shared.write(p).await;
             // Before the slot frees up: a writer that drained finds no id held.
             {
                 let mut held = in_flight.lock().unwrap_or_else(|e| e.into_inner());
@@ -227,4 +265,83 @@ impl WriterLoop {
             drop(permit);
         });
     }
+}
+
+impl Shared {
+    /// Sends one request and settles its completions once every document is accounted for.
+    async fn write(&self, p: Pending) {
+        let batch = BulkBatch::new(p.body.clone(), p.ids.clone());
+        let bytes = batch.body.len() as u64;
+        let outcome = match self.sink.bulk(batch).await {
+            Ok(o) => o,
+            Err(e) => {
+                // The completions drop unsettled: nothing of this request is checkpointed.
+                let _ = self
+                    .errors
+                    .send(e.context(format!("bulk write to index {}", self.index)));
+                return;
+            }
+        };
+        self.stats.add_retries(outcome.retries as u64);
+        self.stats.add_written(outcome.succeeded as u64, bytes);
+        if let Err(e) = self.account(&p, &outcome).await {
+            let _ = self.errors.send(e);
+            return;
+        }
+        p.completions.into_iter().for_each(Completion::done);
+    }
+
+    /// Handles the rejected documents by policy and clears the dead letters of accepted ones.
+    async fn account(&self, p: &Pending, outcome: &BulkOutcome) -> Result<()> {
+        if outcome.stale > 0 {
+            tracing::debug!(index = %self.index, stale = outcome.stale, "the engine already held newer versions of some documents");
+        }
+        let failed: HashSet<&str> = outcome.failures.iter().map(|f| f.id.as_str()).collect();
+        let dl = &self.rejections.store;
+        dl.accepted(p.ids.iter().filter(|id| !failed.contains(id.as_str())))
+            .await?;
+        if outcome.failures.is_empty() {
+            return Ok(());
+        }
+        self.stats.add_failed(outcome.failures.len() as u64);
+        for f in &outcome.failures {
+            tracing::error!(index = %self.index, id = %f.id, status = f.status, reason = %f.reason, "document rejected by the search engine");
+        }
+        match self.rejections.policy {
+            OnRejected::Fail => Err(rejected_error(&self.index, &outcome.failures)),
+            OnRejected::Skip => Ok(()),
+            OnRejected::DeadLetter => {
+                let entries: Vec<Entry> = outcome
+                    .failures
+                    .iter()
+                    .map(|f| {
+                        let at = match p.position_of(f.position) {
+                            Some(pos) => (self.rejections.describe)(pos),
+                            None => "initial sync".to_owned(),
+                        };
+                        Entry::new(&self.index, f, at)
+                    })
+                    .collect();
+                dl.record(&entries).await?;
+                self.stats.add_dead_lettered(entries.len() as u64);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The error that stops the run under `on_rejected = "fail"`.
+fn rejected_error(index: &str, failures: &[ItemFailure]) -> Error {
+    let first = &failures[0];
+    Error::new(
+        ErrorKind::SinkRejected,
+        format!(
+            "index {index}: the search engine rejected {} document(s), first {} ({} {})",
+            failures.len(),
+            first.id,
+            first.status,
+            first.reason
+        ),
+    )
+    .with_hint("fix the mapping or the data, or set dead_letter.on_rejected = \"dead_letter\" to record rejected documents and go on")
 }

@@ -37,25 +37,64 @@ fn push_json_str(buf: &mut Vec<u8>, s: &str) {
     buf.push(b'"');
 }
 
-/// Writes `{"<op>":{"_index":…,"_id":…[,"routing":…][,"pipeline":…]}}\n`. No `_type`: it is
-/// gone from Elasticsearch 8+ and OpenSearch 2+, and optional in 7 / 1.
-fn push_action_line(
-    buf: &mut Vec<u8>,
-    op: &str,
-    index: &str,
-    id: &str,
-    routing: Option<&str>,
-    pipeline: Option<&str>,
-) {
+/// Which document an action is about, and how the engine must apply it. Every action of the
+/// pipeline carries an external version (see the README's "Failure handling"): the engine keeps
+/// the highest, so a replay or a late writer never puts an older document over a newer one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Target<'a> {
+    /// Index (or alias) name.
+    pub index: &'a str,
+    /// Document `_id`.
+    pub id: &'a str,
+    /// Shard routing; a delete must carry the routing the document was indexed with.
+    pub routing: Option<&'a str>,
+    /// External version (`version_type=external_gte`), when versioned.
+    pub version: Option<u64>,
+}
+
+impl<'a> Target<'a> {
+    /// An unrouted, unversioned target.
+    pub fn new(index: &'a str, id: &'a str) -> Self {
+        Target {
+            index,
+            id,
+            routing: None,
+            version: None,
+        }
+    }
+
+    /// With a routing value.
+    pub fn routing(mut self, routing: Option<&'a str>) -> Self {
+        self.routing = routing;
+        self
+    }
+
+    /// With an external version.
+    pub fn version(mut self, version: Option<u64>) -> Self {
+        self.version = version;
+        self
+    }
+}
+
+/// Writes `{"<op>":{"_index":…,"_id":…[,"routing":…][,"version":…,"version_type":"external_gte"]
+/// [,"pipeline":…]}}\n`. No `_type`: it is gone from Elasticsearch 8+ and OpenSearch 2+, and
+/// optional in 7 / 1. `version` and `version_type` are bulk action metadata in Elasticsearch 7–9
+/// and OpenSearch 1–3 alike.
+fn push_action_line(buf: &mut Vec<u8>, op: &str, t: Target<'_>, pipeline: Option<&str>) {
     buf.extend_from_slice(b"{\"");
     buf.extend_from_slice(op.as_bytes());
     buf.extend_from_slice(b"\":{\"_index\":");
-    push_json_str(buf, index);
+    push_json_str(buf, t.index);
     buf.extend_from_slice(b",\"_id\":");
-    push_json_str(buf, id);
-    if let Some(r) = routing {
+    push_json_str(buf, t.id);
+    if let Some(r) = t.routing {
         buf.extend_from_slice(b",\"routing\":");
         push_json_str(buf, r);
+    }
+    if let Some(v) = t.version {
+        buf.extend_from_slice(b",\"version\":");
+        buf.extend_from_slice(v.to_string().as_bytes());
+        buf.extend_from_slice(b",\"version_type\":\"external_gte\"");
     }
     if let Some(p) = pipeline {
         buf.extend_from_slice(b",\"pipeline\":");
@@ -69,13 +108,11 @@ fn push_action_line(
 /// column embedded by PostgreSQL) are turned into spaces so the body stays valid NDJSON.
 pub fn push_index_action(
     buf: &mut Vec<u8>,
-    index: &str,
-    id: &str,
-    routing: Option<&str>,
+    target: Target<'_>,
     pipeline: Option<&str>,
     source_json: &[u8],
 ) {
-    push_action_line(buf, "index", index, id, routing, pipeline);
+    push_action_line(buf, "index", target, pipeline);
     let src = source_json.trim_ascii();
     if src.contains(&b'\n') || src.contains(&b'\r') {
         buf.extend(src.iter().map(|&b| match b {
@@ -90,8 +127,8 @@ pub fn push_index_action(
 
 /// Appends a `delete` action (no document line) to a bulk body. Routing must match the one used
 /// when indexing, or the delete goes to the wrong shard.
-pub fn push_delete_action(buf: &mut Vec<u8>, index: &str, id: &str, routing: Option<&str>) {
-    push_action_line(buf, "delete", index, id, routing, None);
+pub fn push_delete_action(buf: &mut Vec<u8>, target: Target<'_>) {
+    push_action_line(buf, "delete", target, None);
 }
 
 /// The byte range (with line ends) of every action of a bulk body: one line for `delete`, two
@@ -158,7 +195,7 @@ mod tests {
     #[test]
     fn index_action_plain() {
         let mut buf = Vec::new();
-        push_index_action(&mut buf, "books", "42", None, None, br#"{"a":1}"#);
+        push_index_action(&mut buf, Target::new("books", "42"), None, br#"{"a":1}"#);
         assert_eq!(
             buf,
             b"{\"index\":{\"_index\":\"books\",\"_id\":\"42\"}}\n{\"a\":1}\n"
@@ -171,9 +208,7 @@ mod tests {
         let id = "a\"b\\c\nd\te\u{1}f\u{7f}é|😀";
         push_index_action(
             &mut buf,
-            "bo\"oks",
-            id,
-            Some("r\"1"),
+            Target::new("bo\"oks", id).routing(Some("r\"1")),
             Some("pipe"),
             b"{\n  \"x\": \"y\"\r\n}\n",
         );
@@ -192,10 +227,23 @@ mod tests {
     }
 
     #[test]
+    fn versioned_actions_carry_an_external_gte_version() {
+        let mut buf = Vec::new();
+        let t = Target::new("books", "7").version(Some(123456789));
+        push_index_action(&mut buf, t, None, b"{}");
+        push_delete_action(&mut buf, t.routing(Some("r")));
+        let v = lines(&buf);
+        assert_eq!(v[0]["index"]["version"], 123456789);
+        assert_eq!(v[0]["index"]["version_type"], "external_gte");
+        assert_eq!(v[2]["delete"]["version"], 123456789);
+        assert_eq!(v[2]["delete"]["routing"], "r");
+    }
+
+    #[test]
     fn delete_action() {
         let mut buf = Vec::new();
-        push_delete_action(&mut buf, "books", "7", Some("p"));
-        push_delete_action(&mut buf, "books", "8", None);
+        push_delete_action(&mut buf, Target::new("books", "7").routing(Some("p")));
+        push_delete_action(&mut buf, Target::new("books", "8"));
         assert_eq!(
             std::str::from_utf8(&buf).unwrap(),
             "{\"delete\":{\"_index\":\"books\",\"_id\":\"7\",\"routing\":\"p\"}}\n\
@@ -206,9 +254,9 @@ mod tests {
     #[test]
     fn split_finds_each_action() {
         let mut buf = Vec::new();
-        push_index_action(&mut buf, "i", "1", None, None, b"{}");
-        push_delete_action(&mut buf, "i", "2", None);
-        push_index_action(&mut buf, "i", "3", None, None, br#"{"delete":1}"#);
+        push_index_action(&mut buf, Target::new("i", "1"), None, b"{}");
+        push_delete_action(&mut buf, Target::new("i", "2"));
+        push_index_action(&mut buf, Target::new("i", "3"), None, br#"{"delete":1}"#);
         buf.extend_from_slice(b"{ \"update\":{\"_index\":\"i\",\"_id\":\"4\"}}\n{\"doc\":{}}");
         let r = split_actions(&buf).unwrap();
         assert_eq!(r.len(), 4);

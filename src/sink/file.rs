@@ -101,7 +101,7 @@ impl FileSink {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{push_delete_action, push_index_action, Sink};
+    use super::super::{push_delete_action, push_index_action, Sink, Target};
     use super::*;
 
     #[tokio::test]
@@ -111,8 +111,13 @@ mod tests {
         let sink = Sink::Ndjson(FileSink::open(&path).unwrap());
         for i in 0..3 {
             let mut buf = Vec::new();
-            push_index_action(&mut buf, "i", &i.to_string(), None, None, b"{\"a\":1}");
-            push_delete_action(&mut buf, "i", "x", None);
+            push_index_action(
+                &mut buf,
+                Target::new("i", &i.to_string()),
+                None,
+                b"{\"a\":1}",
+            );
+            push_delete_action(&mut buf, Target::new("i", "x"));
             let out = sink
                 .bulk(BulkBatch::new(buf, vec![i.to_string(), "x".into()]))
                 .await

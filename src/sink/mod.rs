@@ -6,11 +6,13 @@
 //! [`Sink::bulk`].
 
 mod actions;
+pub mod dead_letter;
 mod file;
 mod response;
 mod search;
 
-pub use actions::{push_delete_action, push_index_action};
+pub use actions::{push_delete_action, push_index_action, Target};
+pub use elasticsearch::http::Method;
 pub use file::FileSink;
 pub use search::{SearchSink, ServerInfo};
 
@@ -54,10 +56,14 @@ impl BulkBatch {
 pub struct ItemFailure {
     /// The document `_id`.
     pub id: String,
-    /// The item's HTTP status, e.g. 400 or 409.
+    /// Position of the action in the request it was sent in.
+    pub position: usize,
+    /// The item's HTTP status, e.g. 400 or 413.
     pub status: u16,
     /// The engine's error type and reason, e.g. `mapper_parsing_exception: failed to parse …`.
     pub reason: String,
+    /// The document that was refused (its `_source` line), for the dead-letter store.
+    pub document: Option<String>,
 }
 
 /// What became of a [`BulkBatch`].
@@ -67,6 +73,8 @@ pub struct BulkOutcome {
     pub succeeded: usize,
     /// Actions rejected for good.
     pub failures: Vec<ItemFailure>,
+    /// Actions refused because the engine already holds a newer version (end state right).
+    pub stale: usize,
     /// Requests re-sent after 429, 5xx or connection errors (whole or only the failed items).
     pub retries: u32,
 }
@@ -133,6 +141,15 @@ impl Sink {
         }
     }
 
+    /// The identity of `index` in the engine (see [`SearchSink::index_uuid`]); files and discard
+    /// have none.
+    pub async fn index_uuid(&self, index: &str) -> Result<Option<String>> {
+        match self {
+            Sink::Search(s) => s.index_uuid(index).await,
+            Sink::Ndjson(_) | Sink::Discard => Ok(None),
+        }
+    }
+
     /// Sends one bulk request, retrying transient failures; see [`SearchSink::bulk`].
     pub async fn bulk(&self, batch: BulkBatch) -> Result<BulkOutcome> {
         match self {
@@ -178,8 +195,8 @@ mod tests {
     #[tokio::test]
     async fn discard_reports_success() {
         let mut buf = Vec::new();
-        push_index_action(&mut buf, "i", "1", None, None, b"{}");
-        push_delete_action(&mut buf, "i", "2", None);
+        push_index_action(&mut buf, Target::new("i", "1"), None, b"{}");
+        push_delete_action(&mut buf, Target::new("i", "2"));
         let out = Sink::Discard
             .bulk(BulkBatch::new(buf, vec!["1".into(), "2".into()]))
             .await

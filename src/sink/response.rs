@@ -12,6 +12,9 @@ use std::collections::BTreeMap;
 pub(crate) struct ParsedBulk {
     /// Items applied (including deletes of missing documents).
     pub succeeded: usize,
+    /// Items refused because the engine holds a newer version of the document (409 on a
+    /// versioned action): the end state is right, nothing to retry or record.
+    pub stale: usize,
     /// Items rejected for good.
     pub failures: Vec<ItemFailure>,
     /// Positions (in the batch sent) of items rejected with 429 or 5xx: worth re-sending.
@@ -103,6 +106,8 @@ pub(crate) fn parse_bulk_response(body: &[u8], ids: &[String]) -> Result<ParsedB
         let ok = (200..300).contains(&r.status) || (op == "delete" && r.status == 404);
         if ok {
             out.succeeded += 1;
+        } else if r.status == 409 && is_version_conflict(r.error.as_ref()) {
+            out.stale += 1;
         } else if r.status == 429 || r.status >= 500 {
             out.retry.push(pos);
             if out.retry_reason.is_none() {
@@ -115,12 +120,21 @@ pub(crate) fn parse_bulk_response(body: &[u8], ids: &[String]) -> Result<ParsedB
         } else {
             out.failures.push(ItemFailure {
                 id: id.clone(),
+                position: pos,
                 status: r.status,
                 reason: error_text(r.error.as_ref()),
+                document: None,
             });
         }
     }
     Ok(out)
+}
+
+/// A 409 from a versioned write: the engine already holds this or a newer version.
+fn is_version_conflict(error: Option<&serde_json::Value>) -> bool {
+    error
+        .and_then(|e| e["type"].as_str())
+        .is_some_and(|t| t == "version_conflict_engine_exception")
 }
 
 /// `type: reason (caused by type: reason)` from an engine error object (or its text, for engines
@@ -220,12 +234,16 @@ mod tests {
         ],"took":1}"#;
         let p = parse_bulk_response(body, &ids(7)).unwrap();
         assert_eq!(p.succeeded, 2);
+        assert_eq!(
+            p.stale, 1,
+            "a version conflict is a newer version already there"
+        );
         assert_eq!(p.retry, vec![3, 6]);
         assert!(p
             .retry_reason
             .unwrap()
             .contains("es_rejected_execution_exception"));
-        assert_eq!(p.failures.len(), 3);
+        assert_eq!(p.failures.len(), 2);
         assert_eq!(p.failures[0].id, "2");
         assert_eq!(p.failures[0].status, 400);
         assert_eq!(
@@ -237,10 +255,7 @@ mod tests {
             (p.failures[1].id.as_str(), p.failures[1].status),
             ("5", 404)
         );
-        assert_eq!(
-            (p.failures[2].id.as_str(), p.failures[2].status),
-            ("6", 409)
-        );
+        assert_eq!(p.failures[1].position, 4);
     }
 
     #[test]

@@ -41,6 +41,8 @@ struct Inner {
     engine: Engine,
     max_retries: u32,
     backoff: Duration,
+    /// The engine's outages, logged once each (shared by every clone and request).
+    outage: std::sync::Mutex<crate::outage::Outage>,
 }
 
 /// What `GET /` says about the engine.
@@ -143,12 +145,19 @@ impl SearchSink {
         Ok(SearchSink {
             inner: Arc::new(Inner {
                 transport,
-                url: shown,
+                url: shown.clone(),
                 engine: search.engine,
                 max_retries: pipeline.max_retries,
                 backoff: Duration::from_millis(pipeline.retry_backoff_ms),
+                outage: std::sync::Mutex::new(crate::outage::Outage::new(format!(
+                    "search engine at {shown}"
+                ))),
             }),
         })
+    }
+
+    fn outage(&self) -> std::sync::MutexGuard<'_, crate::outage::Outage> {
+        self.inner.outage.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The base URL, without credentials: safe to print.
@@ -231,6 +240,28 @@ impl SearchSink {
         }
     }
 
+    /// The engine's `uuid` of `index` (of the index an alias points to), `None` when it does not
+    /// exist: tells a re-created index from the one the documents were written to.
+    pub async fn index_uuid(&self, index: &str) -> Result<Option<String>> {
+        let path = index_path(index, "/_settings")?;
+        let (status, v) = self.json(Method::Get, &path, None).await?;
+        match status {
+            404 => Ok(None),
+            200..=299 => Ok(v
+                .as_object()
+                .and_then(|o| o.values().next())
+                .and_then(|i| i["settings"]["index"]["uuid"].as_str())
+                .map(str::to_owned)),
+            _ => Err(Error::new(
+                ErrorKind::SinkTransient,
+                format!(
+                    "search engine at {} answered {status} to GET {path}",
+                    self.url()
+                ),
+            )),
+        }
+    }
+
     /// See [`super::Sink::ensure_index`].
     pub async fn ensure_index(
         &self,
@@ -290,6 +321,8 @@ impl SearchSink {
         }
         let max = self.inner.max_retries;
         let (mut body, mut ids) = (batch.body, batch.ids);
+        // Position in the batch of each action of the body being sent (re-sends are subsets).
+        let mut orig: Vec<usize> = (0..ids.len()).collect();
         loop {
             let started = std::time::Instant::now();
             let a = self
@@ -319,7 +352,13 @@ impl SearchSink {
             let parsed = parse_bulk_response(&a.body, &ids)
                 .map_err(|e| e.context(format!("bulk to {}", self.url())))?;
             out.succeeded += parsed.succeeded;
-            out.failures.extend(parsed.failures);
+            out.stale += parsed.stale;
+            let mut failures = parsed.failures;
+            attach_documents(&body, &mut failures)?;
+            for f in &mut failures {
+                f.position = orig[f.position];
+            }
+            out.failures.extend(failures);
             if parsed.retry.is_empty() {
                 return Ok(out);
             }
@@ -349,6 +388,7 @@ impl SearchSink {
             tokio::time::sleep(delay).await;
             out.retries += 1;
             (body, ids) = subset(&body, &ids, &parsed.retry)?;
+            orig = parsed.retry.iter().map(|&p| orig[p]).collect();
         }
     }
 
@@ -395,6 +435,43 @@ impl SearchSink {
         }
     }
 
+    /// Sends a JSON request (retrying connection errors, 429 and 5xx like every request) and
+    /// returns the status with the parsed body (`null` when empty or not JSON), for the small
+    /// administrative requests: searches, counts, aliases, tasks.
+    pub async fn json(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<(u16, serde_json::Value)> {
+        let body = body.map(|b| Bytes::from(serde_json::to_vec(b).expect("JSON serializes")));
+        let ct = body.as_ref().map(|_| "application/json");
+        let mut retries = 0;
+        let a = self
+            .request(method, path, ct, body, &mut retries, self.inner.max_retries)
+            .await?;
+        let v = serde_json::from_slice(&a.body).unwrap_or(serde_json::Value::Null);
+        Ok((a.status, v))
+    }
+
+    /// Like [`SearchSink::json`], but a non-2xx answer is an error naming the request.
+    pub async fn json_ok(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<serde_json::Value> {
+        let (status, v) = self.json(method, path, body).await?;
+        if (200..300).contains(&status) {
+            return Ok(v);
+        }
+        let a = Answer {
+            status,
+            body: Bytes::from(serde_json::to_vec(&v).unwrap_or_default()),
+        };
+        Err(self.status_error(method_name(method), path, &a))
+    }
+
     /// `DELETE /{index}`; a missing index is fine.
     pub async fn delete_index(&self, index: &str) -> Result<()> {
         let path = index_path(index, "")?;
@@ -429,7 +506,10 @@ impl SearchSink {
     ) -> Result<Answer> {
         loop {
             match self.attempt(method, path, content_type, body.clone()).await {
-                Attempt::Done(a) => return Ok(a),
+                Attempt::Done(a) => {
+                    self.outage().recovered();
+                    return Ok(a);
+                }
                 Attempt::Transient {
                     reason,
                     answer,
@@ -459,10 +539,11 @@ impl SearchSink {
                     if let Some(ra) = retry_after {
                         delay = delay.max(ra.min(Duration::from_secs(60)));
                     }
-                    tracing::warn!(
-                        "search engine at {}: {what} failed ({reason}); retrying in {delay:?}",
-                        self.url()
+                    let e = Error::new(
+                        ErrorKind::SinkTransient,
+                        format!("{what} failed ({reason})"),
                     );
+                    self.outage().failed(&e, delay);
                     tokio::time::sleep(delay).await;
                     *retries += 1;
                 }
@@ -593,6 +674,28 @@ fn index_path(index: &str, suffix: &str) -> Result<String> {
     Ok(format!("/{index}{suffix}"))
 }
 
+/// Fills each failure's `document` with the `_source` line of its action in `body`, so a
+/// rejected document can be recorded as it was sent.
+fn attach_documents(body: &Bytes, failures: &mut [super::ItemFailure]) -> Result<()> {
+    if failures.is_empty() {
+        return Ok(());
+    }
+    let ranges = split_actions(body)?;
+    for f in failures {
+        let Some(r) = ranges.get(f.position) else {
+            continue;
+        };
+        let action = &body[r.clone()];
+        let mut lines = action.splitn(2, |&b| b == b'\n');
+        let _meta = lines.next();
+        f.document = lines
+            .next()
+            .map(|d| String::from_utf8_lossy(d.trim_ascii()).into_owned())
+            .filter(|d| !d.is_empty());
+    }
+    Ok(())
+}
+
 /// A new body holding only the actions at `positions`, with their ids.
 fn subset(body: &Bytes, ids: &[String], positions: &[usize]) -> Result<(Bytes, Vec<String>)> {
     let ranges = split_actions(body)?;
@@ -716,9 +819,15 @@ mod tests {
     #[test]
     fn subset_keeps_addressed_actions() {
         let mut buf = Vec::new();
-        super::super::push_index_action(&mut buf, "i", "a", None, None, b"{}");
-        super::super::push_delete_action(&mut buf, "i", "b", None);
-        super::super::push_index_action(&mut buf, "i", "c", Some("r"), None, b"{\"x\":1}");
+        use super::super::{push_delete_action, push_index_action, Target};
+        push_index_action(&mut buf, Target::new("i", "a"), None, b"{}");
+        push_delete_action(&mut buf, Target::new("i", "b"));
+        push_index_action(
+            &mut buf,
+            Target::new("i", "c").routing(Some("r")),
+            None,
+            b"{\"x\":1}",
+        );
         let ids = vec!["a".to_string(), "b".into(), "c".into()];
         let (body, new_ids) = subset(&Bytes::from(buf), &ids, &[1, 2]).unwrap();
         assert_eq!(new_ids, vec!["b", "c"]);

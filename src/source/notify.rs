@@ -540,6 +540,7 @@ async fn connect_listening(cfg: &Config, database: &str, wake: Arc<Notify>) -> R
 /// The listener loop: read the log past `start` whenever woken (or every poll interval), send
 /// each page as a [`Transaction`] (awaiting channel capacity: backpressure), and purge rows below
 /// every stored checkpoint published on `frontier`.
+#[allow(clippy::too_many_arguments)] // one argument per pipeline wire
 pub async fn run(
     cfg: Config,
     database: String,
@@ -548,6 +549,7 @@ pub async fn run(
     out: mpsc::Sender<Transaction>,
     mut frontier: watch::Receiver<u64>,
     mut stop: watch::Receiver<bool>,
+    started: watch::Sender<bool>,
 ) -> Result<()> {
     let wake = Arc::new(Notify::new());
     let client = connect_listening(&cfg, &database, wake.clone()).await?;
@@ -556,6 +558,7 @@ pub async fn run(
         .await
         .map_err(|e| Error::from(e).context("LISTEN on the change-log channel"))?;
     tracing::info!(log = %settings.names.table, channel = %settings.names.channel, "listening for changes");
+    started.send_replace(true);
     let mut tables = HashMap::new();
     let mut cursor = (start, 0i64);
     let mut purged = start;
@@ -637,6 +640,7 @@ pub fn spawn_listener(
     frontier: watch::Receiver<u64>,
     stop: watch::Receiver<bool>,
     errors: mpsc::UnboundedSender<Error>,
+    started: watch::Sender<bool>,
 ) -> tokio::task::JoinHandle<()> {
     let (exit_tx, exit_rx) = oneshot::channel();
     let job = Box::pin(run(
@@ -647,6 +651,7 @@ pub fn spawn_listener(
         out,
         frontier,
         stop,
+        started,
     ));
     let arbiter = Arbiter::new();
     let listener = NotifyListener {

@@ -180,31 +180,75 @@ impl WalReaderConfig {
     }
 }
 
-/// Converts a pgwire-replication error into ours: connection problems are retried with backoff,
-/// server refusals name what to change.
+/// Converts a pgwire-replication error into ours, classified as [`crate::error::sqlstate_kind`]
+/// does for ordinary connections: a lost connection or a server restarting is retried, a refusal
+/// names what to change.
 fn wire_error(e: PgWireError, cfg: &WalReaderConfig) -> Error {
     let text = e.to_string();
+    let target = format!("{}:{}/{}", cfg.host, cfg.port, cfg.database);
     match e {
-        PgWireError::Io(_) | PgWireError::Tls(_) | PgWireError::Auth(_) => Error::new(
+        PgWireError::Io(_) | PgWireError::Task(_) | PgWireError::Protocol(_) => Error::new(
+            ErrorKind::SourceUnreachable,
+            format!("replication connection to {target} lost: {text}"),
+        ),
+        PgWireError::Tls(_) => Error::new(
+            ErrorKind::SourceUnreachable,
+            format!("replication connection to {target}: {text}"),
+        ),
+        PgWireError::Auth(_) => Error::new(
+            ErrorKind::Auth,
+            format!("replication connection to {target}: {text}"),
+        )
+        .with_hint("check [postgres] user/password (PG_USER, PG_PASSWORD) and pg_hba.conf's replication entries"),
+        PgWireError::Server(msg) => server_error(&msg, cfg),
+        _ => Error::replication(format!("replication stream of slot {}: {text}", cfg.slot)),
+    }
+}
+
+/// The SQLSTATE a pgwire-replication server error carries (`... (SQLSTATE 57P01)`).
+fn sqlstate_of(msg: &str) -> Option<&str> {
+    let (_, rest) = msg.rsplit_once("(SQLSTATE ")?;
+    rest.strip_suffix(')')
+}
+
+fn server_error(msg: &str, cfg: &WalReaderConfig) -> Error {
+    let slot = &cfg.slot;
+    let code = sqlstate_of(msg).unwrap_or("");
+    if msg.contains("does not exist") && code == "42704"
+        || msg.contains("has been invalidated")
+        || msg.contains("can no longer get changes")
+    {
+        return Error::new(
+            ErrorKind::SlotLost,
+            format!("replication slot {slot} was dropped or invalidated by someone else: {msg}"),
+        );
+    }
+    if msg.contains("is active") {
+        return Error::new(ErrorKind::SourceUnreachable, format!("replication slot {slot}: {msg}"))
+            .with_hint("another connection streams from this slot (see pg_replication_slots.active_pid); it is retried until that connection ends");
+    }
+    match crate::error::sqlstate_kind(code) {
+        Some(ErrorKind::SourceUnreachable) => Error::new(
             ErrorKind::SourceUnreachable,
             format!(
-                "replication connection to {}:{}/{}: {text}",
+                "replication connection to {}:{}/{} lost: {msg}",
                 cfg.host, cfg.port, cfg.database
             ),
         ),
-        PgWireError::Server(msg) => {
-            let err = Error::replication(format!("replication slot {}: {msg}", cfg.slot));
-            if msg.contains("does not exist") {
-                err.with_hint("run `pgsync bootstrap` to create the slot and publication")
-            } else if msg.contains("is active") {
-                err.with_hint("another process streams from this slot: stop it (see pg_replication_slots.active_pid)")
-            } else if msg.contains("permission denied") || msg.contains("must be superuser") {
-                err.with_hint("the role needs REPLICATION: ALTER ROLE <user> WITH REPLICATION")
-            } else {
-                err
-            }
+        Some(ErrorKind::Auth) => {
+            Error::new(ErrorKind::Auth, format!("replication connection: {msg}"))
         }
-        _ => Error::replication(format!("replication stream of slot {}: {text}", cfg.slot)),
+        Some(ErrorKind::Permission) => Error::new(
+            ErrorKind::Permission,
+            format!("replication slot {slot}: {msg}"),
+        )
+        .with_hint("the role needs REPLICATION: ALTER ROLE <user> WITH REPLICATION"),
+        _ if msg.contains("must be superuser") || msg.contains("permission denied") => Error::new(
+            ErrorKind::Permission,
+            format!("replication slot {slot}: {msg}"),
+        )
+        .with_hint("the role needs REPLICATION: ALTER ROLE <user> WITH REPLICATION"),
+        _ => Error::replication(format!("replication slot {slot}: {msg}")),
     }
 }
 
@@ -482,7 +526,7 @@ pub async fn run(
     acks: watch::Receiver<u64>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<()> {
-    run_until(cfg, out, acks, StopSignals(vec![shutdown])).await
+    run_until(cfg, out, acks, StopSignals(vec![shutdown]), None).await
 }
 
 /// How long [`run_until`] waits for a slot another connection still holds.
@@ -524,6 +568,7 @@ async fn run_until(
     out: mpsc::Sender<Transaction>,
     acks: watch::Receiver<u64>,
     mut stop: StopSignals,
+    started: Option<watch::Sender<bool>>,
 ) -> Result<()> {
     // A slot still held by a previous daemon's walsender (it was just killed, or a failed-over
     // leader's connection is closing) is released within moments: wait for it, within reason.
@@ -548,6 +593,9 @@ async fn run_until(
         start = %format_lsn(cfg.start_lsn),
         "streaming changes from the WAL"
     );
+    if let Some(s) = &started {
+        s.send_replace(true);
+    }
     let mut session = Session {
         cfg: &cfg,
         client,
@@ -562,7 +610,7 @@ async fn run_until(
         Ok(End::ConsumerGone) => {
             tracing::info!(slot = %cfg.slot, "WAL reader stopped: its consumer is gone")
         }
-        Err(e) => tracing::warn!(slot = %cfg.slot, error = %e, "WAL reader failed"),
+        Err(e) => tracing::debug!(slot = %cfg.slot, error = %e, "WAL reader failed"),
     }
     session.close().await;
     result.map(|_| ())
@@ -583,6 +631,7 @@ pub struct WalReader {
     running: bool,
     finished: bool,
     exit: Option<oneshot::Sender<Result<()>>>,
+    started: Option<watch::Sender<bool>>,
 }
 
 impl WalReader {
@@ -600,7 +649,15 @@ impl WalReader {
             running: false,
             finished: false,
             exit: None,
+            started: None,
         }
+    }
+
+    /// Turns `tx` true once the stream started (connected, slot acquired): the supervisor's sign
+    /// that an outage is over.
+    pub fn on_started(mut self, tx: watch::Sender<bool>) -> Self {
+        self.started = Some(tx);
+        self
     }
 
     /// Sends the stream's outcome to `tx` when the actor stops, so a supervisor can tell a clean
@@ -633,7 +690,7 @@ impl Actor for WalReader {
         };
         self.running = true;
         let stop = StopSignals(vec![shutdown, self.stop.subscribe()]);
-        let fut = run_until(self.cfg.clone(), out, acks, stop);
+        let fut = run_until(self.cfg.clone(), out, acks, stop, self.started.take());
         ctx.spawn(fut.into_actor(self).map(|result, act, ctx| {
             act.running = false;
             act.finish(result);
@@ -692,6 +749,7 @@ pub fn spawn_reader(
     acks: watch::Receiver<u64>,
     stop: watch::Receiver<bool>,
     errors: mpsc::UnboundedSender<Error>,
+    started: watch::Sender<bool>,
 ) -> tokio::task::JoinHandle<()> {
     let reader_cfg =
         WalReaderConfig::from_postgres_config(&cfg.postgres_for(database), slot, publication);
@@ -702,12 +760,15 @@ pub fn spawn_reader(
             let arbiter = Arbiter::new();
             WalReader::new(reader_cfg, out, acks, stop)
                 .on_exit(exit_tx)
+                .on_started(started)
                 .start_on(&arbiter.handle());
             Some(arbiter)
         }
         Ok(reader_cfg) => {
             tokio::spawn(async move {
-                let _ = exit_tx.send(run(reader_cfg, out, acks, stop).await);
+                let stop = StopSignals(vec![stop]);
+                let r = run_until(reader_cfg, out, acks, stop, Some(started)).await;
+                let _ = exit_tx.send(r);
             });
             None
         }
@@ -837,14 +898,23 @@ mod tests {
     }
 
     #[test]
-    fn server_errors_name_what_to_change() {
+    fn server_errors_are_classified_by_sqlstate() {
         let cfg = WalReaderConfig::new("h", 1, "u", Secret::new("p"), "db", "s", "p");
-        let e = wire_error(
-            PgWireError::Server("replication slot \"s\" does not exist".into()),
-            &cfg,
-        );
-        assert_eq!(e.kind, ErrorKind::Replication);
-        assert!(e.hint.unwrap().contains("bootstrap"));
+        let server = |m: &str| wire_error(PgWireError::Server(m.into()), &cfg);
+        let e = server("replication slot \"s\" does not exist (SQLSTATE 42704)");
+        assert_eq!(e.kind, ErrorKind::SlotLost);
+        assert!(e.hint.unwrap().contains("teardown"));
+        let e = server("terminating connection due to administrator command (SQLSTATE 57P01)");
+        assert_eq!(e.kind, ErrorKind::SourceUnreachable);
+        assert!(!e.to_string().contains("wal_level"), "{e}");
+        let e = server("the database system is shutting down (SQLSTATE 57P03)");
+        assert_eq!(e.kind, ErrorKind::SourceUnreachable);
+        let e = server("can no longer get changes from replication slot \"s\" (SQLSTATE 55000)");
+        assert_eq!(e.kind, ErrorKind::SlotLost);
+        let e = server("password authentication failed for user \"u\" (SQLSTATE 28P01)");
+        assert_eq!(e.kind, ErrorKind::Auth);
+        let e = server("must be superuser or replication role to start walsender (SQLSTATE 42501)");
+        assert_eq!(e.kind, ErrorKind::Permission);
         let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
         let e = wire_error(PgWireError::Io(std::sync::Arc::new(io)), &cfg);
         assert_eq!(e.kind, ErrorKind::SourceUnreachable);

@@ -10,7 +10,7 @@ use crate::schema::resolve::{ConcatPart, FieldSource, IndexPlan, Join, JsonStep,
 use std::fmt::Write;
 
 /// Which root rows a document query returns.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum RootFilter {
     /// Every row.
     All,

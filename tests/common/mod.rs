@@ -184,6 +184,14 @@ impl Workdir {
         }
     }
 
+    /// Appends TOML (whole sections) to pgsync.toml.
+    pub fn append_toml(&self, text: &str) {
+        let mut toml = std::fs::read_to_string(&self.config).expect("read pgsync.toml");
+        toml.push('\n');
+        toml.push_str(text);
+        std::fs::write(&self.config, toml).expect("write pgsync.toml");
+    }
+
     /// Replaces schema.json.
     pub fn write_schema(&self, schema_text: &str) {
         std::fs::write(&self.schema, schema_text).expect("write schema.json");

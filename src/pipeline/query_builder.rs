@@ -1,0 +1,405 @@
+//! Query building stage: turns each coalesced window of changes into the set of root documents to
+//! rebuild, found by walking each changed row up the schema tree in PostgreSQL (old and new
+//! values, so a child moved between parents fixes both), with the index's root-resolution
+//! statements prepared once on its own connection. Each document goes to the fetcher lane its
+//! `_id` hashes to, so versions of one document stay in order. A root truncate or a change that
+//! cannot be narrowed (a view's base table) becomes a whole-index step, run alone once every
+//! earlier window is written.
+
+use super::lanes::{Lanes, ReceiverStream};
+use super::messages::{Completion, FetchRequest, RootKey, Window};
+use super::stage::{Connector, Errors, StageGuard};
+use crate::checkpoint::Event;
+use crate::schema::resolve::{FieldSource, IndexPlan};
+use crate::schema::TableId;
+use crate::source::change::{Change, ChangeOp, Row};
+use crate::sql::document::{doc_id, RootFilter};
+use crate::sql::roots::{effects, Effect};
+use crate::{Error, Result};
+use actix::prelude::*;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use tokio::sync::{mpsc, watch};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, Statement};
+
+/// What the query builder needs besides its input.
+pub struct QueryBuilderWires {
+    /// The fetcher lanes.
+    pub out: Lanes<FetchRequest>,
+    /// Registers positions and their completion with the checkpointer.
+    pub checkpoints: mpsc::UnboundedSender<Event>,
+    /// The stored checkpoint, for whole-index barriers.
+    pub frontier: watch::Receiver<u64>,
+    /// Where a failure is reported.
+    pub errors: Errors,
+    /// Opens its connection.
+    pub connect: Connector,
+}
+
+/// The query builder actor.
+pub struct QueryBuilder {
+    plan: Arc<IndexPlan>,
+    input: Option<mpsc::Receiver<Window>>,
+    wires: QueryBuilderWires,
+    state: Option<Resolver>,
+    last_dispatched: u64,
+    guard: StageGuard,
+}
+
+/// The connection and the statements prepared on it, moved into each window's future.
+struct Resolver {
+    client: Client,
+    statements: HashMap<String, Statement>,
+    effects: HashMap<TableId, Arc<Vec<Effect>>>,
+}
+
+impl QueryBuilder {
+    /// A query builder for `plan` reading windows from `input`.
+    pub fn new(
+        plan: Arc<IndexPlan>,
+        input: mpsc::Receiver<Window>,
+        wires: QueryBuilderWires,
+    ) -> Self {
+        let last_dispatched = *wires.frontier.borrow();
+        let guard = StageGuard::new(
+            format!("query builder of index {}", plan.spec.index),
+            wires.errors.clone(),
+        );
+        QueryBuilder {
+            plan,
+            input: Some(input),
+            wires,
+            state: None,
+            last_dispatched,
+            guard,
+        }
+    }
+}
+
+impl Actor for QueryBuilder {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let connect = self.wires.connect.clone();
+        ctx.wait(
+            async move { connect().await }
+                .into_actor(self)
+                .map(|r, act, ctx| match r {
+                    Ok(client) => {
+                        act.state = Some(Resolver {
+                            client,
+                            statements: HashMap::new(),
+                            effects: HashMap::new(),
+                        });
+                        if let Some(rx) = act.input.take() {
+                            ctx.add_stream(ReceiverStream(rx));
+                        }
+                    }
+                    Err(e) => {
+                        let _ = act.wires.errors.send(e.context("query builder"));
+                        act.guard.finish();
+                        ctx.stop();
+                    }
+                }),
+        );
+    }
+}
+
+impl StreamHandler<Window> for QueryBuilder {
+    fn handle(&mut self, window: Window, ctx: &mut Context<Self>) {
+        let Some(mut state) = self.state.take() else {
+            return;
+        };
+        let plan = self.plan.clone();
+        let prior = std::mem::replace(&mut self.last_dispatched, window.position);
+        let (out, checkpoints, frontier, errors) = (
+            self.wires.out.clone(),
+            self.wires.checkpoints.clone(),
+            self.wires.frontier.clone(),
+            self.wires.errors.clone(),
+        );
+        let fut = async move {
+            let r = async {
+                let work = state.resolve(&plan, &window.changes).await?;
+                dispatch(
+                    work,
+                    window.position,
+                    prior,
+                    &out,
+                    &checkpoints,
+                    frontier,
+                    errors,
+                )
+                .await
+            }
+            .await;
+            (state, r)
+        };
+        ctx.wait(fut.into_actor(self).map(|(state, r), act, ctx| {
+            act.state = Some(state);
+            if let Err(e) = r {
+                let _ = act.wires.errors.send(e);
+                act.guard.finish();
+                ctx.stop();
+            }
+        }));
+    }
+
+    fn finished(&mut self, ctx: &mut Context<Self>) {
+        self.guard.finish();
+        ctx.stop();
+    }
+}
+
+/// Values of `cols` in `row`, all present and non-null, as text.
+fn values(row: &Row, cols: &[String]) -> Option<Vec<String>> {
+    cols.iter().map(|c| row.get(c).cloned().flatten()).collect()
+}
+
+/// What one window of changes asks for.
+#[derive(Default)]
+struct Work {
+    keys: BTreeMap<String, RootKey>,
+    delete_all: bool,
+    rebuild_all: bool,
+    /// Per root-resolution statement: the number of link columns and the distinct tuples.
+    lookups: HashMap<String, (usize, HashSet<Vec<String>>)>,
+}
+
+impl Work {
+    /// Adds a root document by its key values, with a routing value seen for it.
+    fn add_root(&mut self, plan: &IndexPlan, vals: Vec<String>, routing: Option<String>) {
+        let root = &plan.root;
+        let id = doc_id(root, |k| {
+            root.key
+                .iter()
+                .position(|x| x == k)
+                .map(|i| vals[i].clone())
+        });
+        let Some(id) = id else { return };
+        let e = self.keys.entry(id.clone()).or_insert(RootKey {
+            values: vals,
+            id,
+            routings: vec![],
+        });
+        if let Some(r) = routing {
+            if !e.routings.contains(&r) {
+                e.routings.push(r);
+            }
+        }
+    }
+
+    /// Records what one change asks for under one of its table's effects.
+    fn add_change(
+        &mut self,
+        plan: &IndexPlan,
+        change: &Change,
+        eff: &Effect,
+        routing_col: Option<&str>,
+    ) {
+        if change.op == ChangeOp::Truncate {
+            match eff {
+                Effect::Root => self.delete_all = true,
+                _ => self.rebuild_all = true,
+            }
+            return;
+        }
+        let rows = change.old.iter().chain(change.new.iter());
+        match eff {
+            Effect::Root => {
+                for r in rows {
+                    if let Some(v) = values(r, &plan.root.key) {
+                        let routing = routing_col.and_then(|c| r.get(c).cloned().flatten());
+                        self.add_root(plan, v, routing);
+                    }
+                }
+            }
+            Effect::Parent {
+                row_cols,
+                sql: None,
+            } => {
+                for r in rows {
+                    if let Some(v) = values(r, row_cols) {
+                        self.add_root(plan, v, None);
+                    }
+                }
+            }
+            Effect::Parent {
+                row_cols,
+                sql: Some(sql),
+            } => {
+                let entry = self
+                    .lookups
+                    .entry(sql.clone())
+                    .or_insert_with(|| (row_cols.len(), HashSet::new()));
+                for r in rows {
+                    if let Some(v) = values(r, row_cols) {
+                        entry.1.insert(v);
+                    }
+                }
+            }
+            Effect::All => self.rebuild_all = true,
+        }
+    }
+}
+
+/// The routing column of the root, when routing is a plain column (its old value is then known
+/// from the change itself).
+fn routing_column(plan: &IndexPlan) -> Option<&str> {
+    let i = plan.routing_field?;
+    match &plan.root.fields[i].source {
+        FieldSource::Column { expr, .. } if expr.steps.is_empty() => Some(expr.column.as_str()),
+        _ => None,
+    }
+}
+
+impl Resolver {
+    fn effects_of(&mut self, plan: &IndexPlan, t: &TableId) -> Arc<Vec<Effect>> {
+        self.effects
+            .entry(t.clone())
+            .or_insert_with(|| Arc::new(effects(plan, t)))
+            .clone()
+    }
+
+    /// The root documents a window of changes touches.
+    async fn resolve(&mut self, plan: &IndexPlan, changes: &[Change]) -> Result<Work> {
+        let routing_col = routing_column(plan);
+        let mut work = Work::default();
+        for change in changes {
+            let effs = self.effects_of(plan, &change.table);
+            for eff in effs.iter() {
+                work.add_change(plan, change, eff, routing_col);
+            }
+        }
+        for (sql, (ncols, tuples)) in std::mem::take(&mut work.lookups) {
+            if tuples.is_empty() {
+                continue;
+            }
+            for vals in self
+                .lookup(&sql, ncols, tuples, plan.root.key.len())
+                .await?
+            {
+                work.add_root(plan, vals, None);
+            }
+        }
+        Ok(work)
+    }
+
+    /// Runs one root-resolution statement (prepared once) for a set of link-value tuples.
+    async fn lookup(
+        &mut self,
+        sql: &str,
+        ncols: usize,
+        tuples: HashSet<Vec<String>>,
+        nkeys: usize,
+    ) -> Result<Vec<Vec<String>>> {
+        let mut params: Vec<Vec<String>> = vec![Vec::with_capacity(tuples.len()); ncols];
+        for t in tuples {
+            for (i, v) in t.into_iter().enumerate() {
+                params[i].push(v);
+            }
+        }
+        let ctx = |e: tokio_postgres::Error| {
+            Error::from(e).context(format!("finding documents affected by changes ({sql})"))
+        };
+        let stmt = match self.statements.get(sql) {
+            Some(s) => s.clone(),
+            None => {
+                let s = self.client.prepare(sql).await.map_err(ctx)?;
+                self.statements.insert(sql.to_owned(), s.clone());
+                s
+            }
+        };
+        let p: Vec<&(dyn ToSql + Sync)> = params.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
+        let rows = self.client.query(&stmt, &p).await.map_err(ctx)?;
+        Ok(rows
+            .iter()
+            .map(|r| (0..nkeys).map(|i| r.get::<_, String>(i)).collect())
+            .collect())
+    }
+}
+
+/// Sends a window's work to the fetchers under one completion for its position.
+async fn dispatch(
+    work: Work,
+    position: u64,
+    prior: u64,
+    out: &Lanes<FetchRequest>,
+    checkpoints: &mpsc::UnboundedSender<Event>,
+    mut frontier: watch::Receiver<u64>,
+    errors: Errors,
+) -> Result<()> {
+    if work.delete_all || work.rebuild_all {
+        // Barrier: every earlier window is written, then the whole-index steps run alone.
+        wait_for(&mut frontier, prior).await;
+        if work.delete_all {
+            whole_index_step(out, |c| FetchRequest::DeleteAll {
+                completion: Some(c),
+            })
+            .await?;
+        }
+        if work.rebuild_all {
+            whole_index_step(out, |c| FetchRequest::Range {
+                filter: RootFilter::All,
+                completion: Some(c),
+            })
+            .await?;
+        }
+    }
+    let _ = checkpoints.send(Event::Register(position));
+    let cps = checkpoints.clone();
+    let c = Completion::new(
+        move || {
+            let _ = cps.send(Event::Done(position));
+        },
+        move || {
+            let _ = errors.send(Error::stage(format!(
+                "the documents of the changes up to position {position} were not all written"
+            )));
+        },
+    );
+    let mut per_lane: Vec<Vec<RootKey>> = vec![vec![]; out.len()];
+    for (_, k) in work.keys {
+        per_lane[out.lane_of(&k.id)].push(k);
+    }
+    for (lane, keys) in per_lane.into_iter().enumerate() {
+        if keys.is_empty() {
+            continue;
+        }
+        let req = FetchRequest::Keys {
+            keys,
+            position,
+            completion: Some(c.clone()),
+        };
+        out.send_to(lane, req)
+            .await
+            .map_err(|_| Error::stage("the fetcher stage stopped"))?;
+    }
+    c.done();
+    Ok(())
+}
+
+/// Sends one whole-index request on lane 0 and waits until it is written.
+async fn whole_index_step(
+    out: &Lanes<FetchRequest>,
+    make: impl FnOnce(Completion) -> FetchRequest,
+) -> Result<()> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let c = Completion::new(
+        move || {
+            let _ = tx.send(());
+        },
+        || {},
+    );
+    out.send_to(0, make(c))
+        .await
+        .map_err(|_| Error::stage("the fetcher stage stopped"))?;
+    rx.await
+        .map_err(|_| Error::stage("a whole-index rebuild or delete was not completed"))
+}
+
+/// Waits until the stored checkpoint reaches `position`.
+async fn wait_for(frontier: &mut watch::Receiver<u64>, position: u64) {
+    let _ = frontier.wait_for(|p| *p >= position).await;
+}
