@@ -1,8 +1,10 @@
 //! Fault points for the fault-injection suite (`tests/faults.rs`), on the `fail` crate: a test
-//! starts the daemon with `FAILPOINTS="fetch=1*return(boom)"` (an injected error),
-//! `fetch=1*panic(boom)` (an injected panic) or `write=1*return(3000)` (a pause of 3 s before a
-//! bulk request), and checks that nothing is lost. Without the `fault-injection` feature, or
-//! without FAILPOINTS, every point is inert.
+//! starts the daemon with e.g. `FAILPOINTS="fetch-keys=1*return(boom)"` (an injected error in a
+//! change's fetch), `fetch-keys=1*panic(boom)` (an injected panic), or `write=return(300)` (a
+//! pause of 300 ms before every bulk request), and checks that nothing is lost. The points:
+//! `fetch-keys` and `fetch-range` (start of a fetch of documents by key / by range), `write`
+//! (before every bulk request) and `stream-write` (before a bulk request of change capture).
+//! Without the `fault-injection` feature, or without FAILPOINTS, every point is inert.
 
 use crate::Result;
 

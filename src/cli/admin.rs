@@ -4,6 +4,8 @@ use crate::checkpoint::Store;
 use crate::config::{CaptureMode, Config};
 use crate::pipeline::bootstrap::{bootstrap_index, log_names, names};
 use crate::schema::{load as load_schema, resolve_all};
+use crate::sink::dead_letter::DeadLetters;
+use crate::sink::Sink;
 use crate::source::{notify, slot};
 use crate::Result;
 
@@ -41,10 +43,12 @@ pub async fn teardown(cfg: &Config) -> Result<()> {
 pub async fn status(cfg: &Config) -> Result<()> {
     let file = load_schema(cfg)?;
     let store = Store::open(&cfg.checkpoint).await?;
+    let sink = Sink::from_config(cfg)?;
     for plan in resolve_all(cfg, &file).await? {
         let client = crate::config::connect(cfg, &plan.spec.database).await?;
         let n = names(cfg, &plan);
         let cp = store.load(&n.slot).await?;
+        print_dead_letters(cfg, &sink, &plan.spec.index).await;
         match slot::slot_status(&client, &n.slot).await? {
             Some(s) => println!(
                 "index {}: slot {} active={} confirmed_flush_lsn={} retained_wal_bytes={} checkpoint={}",
@@ -82,4 +86,17 @@ pub async fn status(cfg: &Config) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `index X: dead_letters=N (where)`; an unreachable store is said, not fatal.
+async fn print_dead_letters(cfg: &Config, sink: &Sink, index: &str) {
+    let counted = async {
+        let dl = DeadLetters::inspect(&cfg.dead_letter, sink, index).await?;
+        Ok::<_, crate::Error>((dl.list().await?.len(), dl.describe()))
+    }
+    .await;
+    match counted {
+        Ok((n, at)) => println!("index {index}: dead_letters={n} ({at})"),
+        Err(e) => println!("index {index}: dead_letters=unknown ({})", e.message),
+    }
 }

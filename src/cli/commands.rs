@@ -26,6 +26,7 @@ pub async fn dispatch(cmd: Command, cfg: Config) -> Result<i32> {
         Command::Bootstrap => super::admin::bootstrap(&cfg).await.map(|_| 0),
         Command::Teardown => super::admin::teardown(&cfg).await.map(|_| 0),
         Command::Status => super::admin::status(&cfg).await.map(|_| 0),
+        Command::DeadLetters { action } => super::dead_letters::run(&cfg, action).await,
     }
 }
 

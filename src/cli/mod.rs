@@ -2,6 +2,7 @@
 
 mod admin;
 mod commands;
+mod dead_letters;
 
 use crate::config::{self, Config, LogFormat};
 use crate::ErrorKind;
@@ -43,6 +44,12 @@ pub enum Command {
     Teardown,
     /// Show slot position, lag and checkpoint per index.
     Status,
+    /// List or retry the documents the search engine rejected for good.
+    DeadLetters {
+        /// `list` or `retry`.
+        #[command(subcommand)]
+        action: dead_letters::DeadLetterAction,
+    },
 }
 
 /// Entry point; returns the process exit code.

@@ -199,7 +199,10 @@ impl ChunkBuilder<'_> {
 
 impl Request {
     async fn run(&self, conn: &mut Conn, req: FetchRequest) -> Result<()> {
-        crate::fault::check("fetch")?;
+        crate::fault::check(match &req {
+            FetchRequest::Keys { .. } => "fetch-keys",
+            _ => "fetch-range",
+        })?;
         match req {
             FetchRequest::DeleteAll { completion } => {
                 let chunk = DocChunk {

@@ -5,7 +5,7 @@
 
 use super::fetcher::{FetchSettings, Fetcher};
 use super::lanes::Lanes;
-use super::messages::{Completion, DocChunk, FetchRequest};
+use super::messages::{Completion, DocChunk, FetchRequest, RootKey};
 use super::planner;
 use super::progress::{Progress, Stats, Summary};
 use super::stage::{connector, Errors, Threads};
@@ -178,6 +178,29 @@ async fn plan_ranges(
     Ok((ranges.into_iter().enumerate().collect(), rows))
 }
 
+/// One unit of a batch run: a slice of the root table, or documents by key.
+#[derive(Debug)]
+enum Unit {
+    Range(RootFilter),
+    Keys(Vec<RootKey>),
+}
+
+impl Unit {
+    fn request(self, completion: Completion) -> FetchRequest {
+        match self {
+            Unit::Range(filter) => FetchRequest::Range {
+                filter,
+                completion: Some(completion),
+            },
+            Unit::Keys(keys) => FetchRequest::Keys {
+                keys,
+                position: 0,
+                completion: Some(completion),
+            },
+        }
+    }
+}
+
 /// Builds every document of `plan` (or, with a `log` holding progress, those of the ranges not
 /// yet finished) and writes it to `sink`. Must run inside an actix System.
 pub async fn initial_sync(
@@ -185,7 +208,35 @@ pub async fn initial_sync(
     plan: Arc<IndexPlan>,
     sink: Sink,
     rejections: Rejections,
-    mut log: Option<RangeLog>,
+    log: Option<RangeLog>,
+) -> Result<Summary> {
+    run_batch(cfg, plan, sink, rejections, Batch::Ranges(log)).await
+}
+
+/// Rebuilds the documents of `keys` from the current rows (deleting those whose root row is
+/// gone): `pgsync dead-letters retry`. Must run inside an actix System.
+pub async fn rebuild(
+    cfg: &Config,
+    plan: Arc<IndexPlan>,
+    sink: Sink,
+    rejections: Rejections,
+    keys: Vec<RootKey>,
+) -> Result<Summary> {
+    run_batch(cfg, plan, sink, rejections, Batch::Keys(keys)).await
+}
+
+/// What a batch run reads.
+enum Batch {
+    Ranges(Option<RangeLog>),
+    Keys(Vec<RootKey>),
+}
+
+async fn run_batch(
+    cfg: &Config,
+    plan: Arc<IndexPlan>,
+    sink: Sink,
+    rejections: Rejections,
+    batch: Batch,
 ) -> Result<Summary> {
     let started = Instant::now();
     let stats = Arc::new(Stats::default());
@@ -219,15 +270,25 @@ pub async fn initial_sync(
     drop(write_lanes);
 
     let result = async {
-        let (ranges, rows) = plan_ranges(cfg, &plan, &mut log).await?;
+        let (units, rows, mut log) = match batch {
+            Batch::Ranges(mut log) => {
+                let (ranges, rows) = plan_ranges(cfg, &plan, &mut log).await?;
+                let units = ranges
+                    .into_iter()
+                    .map(|(i, f)| (i, Unit::Range(f)))
+                    .collect();
+                (units, rows, log)
+            }
+            Batch::Keys(keys) => (split_keys(keys, &fetch_lanes), None, None),
+        };
         let _progress = Progress::start(
             &index,
             stats.clone(),
             rows,
             Duration::from_secs(cfg.log.progress_interval_secs.max(1)),
         );
-        run_ranges(
-            ranges,
+        run_units(
+            units,
             fetch_lanes,
             dones,
             &err_tx,
@@ -250,20 +311,34 @@ pub async fn initial_sync(
     })
 }
 
-/// Feeds the ranges to the fetchers and records each as it finishes, until all are written or a
-/// stage fails.
-async fn run_ranges(
-    ranges: Vec<(usize, RootFilter)>,
+/// Keys grouped by the fetcher lane their `_id` belongs to, one unit per lane.
+fn split_keys(keys: Vec<RootKey>, lanes: &Lanes<FetchRequest>) -> Vec<(usize, Unit)> {
+    let mut per_lane: Vec<Vec<RootKey>> = vec![vec![]; lanes.len()];
+    for k in keys {
+        per_lane[lanes.lane_of(&k.id)].push(k);
+    }
+    per_lane
+        .into_iter()
+        .enumerate()
+        .filter(|(_, k)| !k.is_empty())
+        .map(|(lane, k)| (lane, Unit::Keys(k)))
+        .collect()
+}
+
+/// Feeds the units to the fetchers and records each range as it finishes, until all are written
+/// or a stage fails.
+async fn run_units(
+    units: Vec<(usize, Unit)>,
     fetch_lanes: Lanes<FetchRequest>,
     dones: Vec<tokio::sync::oneshot::Receiver<()>>,
     err_tx: &Errors,
     err_rx: &mut mpsc::UnboundedReceiver<Error>,
     mut log: Option<&mut RangeLog>,
 ) -> Result<()> {
-    let total = ranges.len();
+    let total = units.len();
     let (finished_tx, mut finished_rx) = mpsc::unbounded_channel::<usize>();
     let feed = async {
-        for (i, filter) in ranges {
+        for (i, unit) in units {
             let (tx, errs) = (finished_tx.clone(), err_tx.clone());
             let completion = Completion::new(
                 move || {
@@ -276,11 +351,14 @@ async fn run_ranges(
                     )));
                 },
             );
-            let req = FetchRequest::Range {
-                filter,
-                completion: Some(completion),
+            let sent = match unit {
+                Unit::Keys(_) => {
+                    let lane = i % fetch_lanes.len();
+                    fetch_lanes.send_to(lane, unit.request(completion)).await
+                }
+                Unit::Range(_) => fetch_lanes.send_any(unit.request(completion)).await,
             };
-            if fetch_lanes.send_any(req).await.is_err() {
+            if sent.is_err() {
                 break;
             }
         }

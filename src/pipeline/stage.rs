@@ -83,6 +83,8 @@ pub fn record_panics() {
             .unwrap_or_default();
         LAST_PANIC.with(|p| *p.borrow_mut() = Some(format!("{msg}{at}")));
         default(info);
+        let thread = std::thread::current();
+        tracing::error!(thread = thread.name().unwrap_or("?"), "panic: {msg}{at}");
     }));
 }
 

@@ -72,7 +72,7 @@ pub async fn stream(
     let uuid = run.record.index_uuid.clone();
     let failure = tokio::select! {
         _ = stop.wait_for(|s| *s) => None,
-        Some(e) = err_rx.recv() => Some(e),
+        Some(e) = err_rx.recv() => Some(cause(e, &mut err_rx).await),
         e = watch_index(&run.sink, &index, uuid) => Some(e),
     };
     if let Some(e) = failure {
@@ -243,6 +243,29 @@ async fn finish(run: &StreamRun<'_>, last: u64) -> Result<()> {
     }
     Ok(())
 }
+
+/// The error to report for a failed run: a unit of work left unwritten is the consequence of a
+/// stage's failure, so when that stage's own error is already queued, it is the cause.
+async fn cause(first: Error, rx: &mut mpsc::UnboundedReceiver<Error>) -> Error {
+    if !first.message.contains(UNWRITTEN) {
+        return first;
+    }
+    let specific = async {
+        while let Some(e) = rx.recv().await {
+            if !e.message.contains(UNWRITTEN) {
+                return Some(e);
+            }
+        }
+        None
+    };
+    match tokio::time::timeout(Duration::from_millis(200), specific).await {
+        Ok(Some(e)) => e,
+        _ => first,
+    }
+}
+
+/// What the message of a unit left unwritten says (see the query builder).
+const UNWRITTEN: &str = "were not all written";
 
 /// Resolves with an error once the index is gone or was re-created (its uuid changed): the
 /// engine lost it (an in-memory engine restarted, an operator deleted it), so the documents must

@@ -251,8 +251,12 @@ impl WriterLoop {
             .unwrap_or_else(|e| e.into_inner())
             .extend(p.ids.iter().cloned());
         let (shared, in_flight) = (self.shared.clone(), in_flight.clone());
+        let streaming = p.spans.iter().any(|(_, pos)| pos.is_some());
         tokio::spawn(async move {
             crate::fault::pause("write").await;
+            if streaming {
+                crate::fault::pause("stream-write").await;
+            }
             let sent_ids = p.ids.clone();
             shared.write(p).await;
             // Before the slot frees up: a writer that drained finds no id held.
@@ -294,7 +298,7 @@ impl Shared {
     /// Handles the rejected documents by policy and clears the dead letters of accepted ones.
     async fn account(&self, p: &Pending, outcome: &BulkOutcome) -> Result<()> {
         if outcome.stale > 0 {
-            tracing::debug!(index = %self.index, stale = outcome.stale, "the engine already held newer versions of some documents");
+            tracing::info!(index = %self.index, stale = outcome.stale, "the engine already held newer versions of some documents: the older ones were not written");
         }
         let failed: HashSet<&str> = outcome.failures.iter().map(|f| f.id.as_str()).collect();
         let dl = &self.rejections.store;

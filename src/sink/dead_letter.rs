@@ -92,6 +92,20 @@ impl DeadLetters {
     /// names (nowhere with `store = "off"`, or when the output is not a search engine and the
     /// store is an index). Creates the index when missing and loads the known `_id`s.
     pub async fn open(cfg: &DeadLetterConfig, sink: &Sink, index: &str) -> Result<DeadLetters> {
+        Self::connect(cfg, sink, index, true).await
+    }
+
+    /// Like [`DeadLetters::open`], but creates nothing: for `pgsync status`.
+    pub async fn inspect(cfg: &DeadLetterConfig, sink: &Sink, index: &str) -> Result<DeadLetters> {
+        Self::connect(cfg, sink, index, false).await
+    }
+
+    async fn connect(
+        cfg: &DeadLetterConfig,
+        sink: &Sink,
+        index: &str,
+        create: bool,
+    ) -> Result<DeadLetters> {
         let backend = match (cfg.store, sink) {
             (DeadLetterStore::Off, _) => Backend::Off,
             (DeadLetterStore::Index, Sink::Search(s)) => Backend::Index {
@@ -100,16 +114,18 @@ impl DeadLetters {
             },
             (DeadLetterStore::Index, _) => Backend::Off,
             (DeadLetterStore::File, _) => {
-                std::fs::create_dir_all(&cfg.dir).map_err(|e| {
-                    Error::new(
-                        ErrorKind::Io,
-                        format!("dead_letter.dir {}: {e}", cfg.dir.display()),
-                    )
-                })?;
+                if create {
+                    std::fs::create_dir_all(&cfg.dir).map_err(|e| {
+                        Error::new(
+                            ErrorKind::Io,
+                            format!("dead_letter.dir {}: {e}", cfg.dir.display()),
+                        )
+                    })?;
+                }
                 Backend::File(cfg.dir.join(format!("{index}.dead-letter.ndjson")))
             }
         };
-        if let Backend::Index { sink, name } = &backend {
+        if let (Backend::Index { sink, name }, true) = (&backend, create) {
             sink.ensure_index(name, &index_body(), false).await?;
         }
         let dl = DeadLetters {

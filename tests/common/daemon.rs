@@ -70,6 +70,11 @@ impl Daemon {
     /// Starts the daemon for `work`, logging to `<work dir>/<log_name>` (appending, so a
     /// restarted daemon can share one log).
     pub fn start(work: &Workdir, log_name: &str) -> Daemon {
+        Daemon::start_with_env(work, log_name, &[])
+    }
+
+    /// Like [`Daemon::start`], with extra environment variables (e.g. `FAILPOINTS`).
+    pub fn start_with_env(work: &Workdir, log_name: &str, env: &[(&str, &str)]) -> Daemon {
         let log = work.dir.path().join(log_name);
         let file = File::options()
             .create(true)
@@ -92,6 +97,7 @@ impl Daemon {
             }
         }
         cmd.env("NO_COLOR", "1");
+        cmd.envs(env.iter().copied());
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run {}: {e}", super::pgsync_bin().display()));

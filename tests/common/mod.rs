@@ -6,6 +6,8 @@
 #![allow(dead_code)]
 
 pub mod daemon;
+pub mod stream;
+pub mod workload;
 
 use crate::harness::{unique_db_name, Postgres};
 use serde_json::Value;
@@ -27,7 +29,11 @@ pub struct LibraryBed {
 impl LibraryBed {
     /// A database named after `prefix`, loaded with the fixture.
     pub fn new(prefix: &str) -> LibraryBed {
-        let pg = crate::harness::shared_postgres();
+        LibraryBed::on(crate::harness::shared_postgres(), prefix)
+    }
+
+    /// The same on another server (a private one, for tests that restart it).
+    pub fn on(pg: &'static Postgres, prefix: &str) -> LibraryBed {
         let db = load_library(pg, prefix);
         let os = crate::harness::Osmem::start();
         let work = Workdir::new(

@@ -45,10 +45,26 @@ impl Osmem {
     /// Starts a server on a kernel-chosen free port and waits until
     /// `GET /` answers; panics with its output if it does not.
     pub fn start() -> Osmem {
+        Osmem::start_at("127.0.0.1:0")
+    }
+
+    /// Starts an empty server on `port` (where a killed one listened: an
+    /// engine that lost its data and came back).
+    pub fn start_on(port: u16) -> Osmem {
+        Osmem::start_at(&format!("127.0.0.1:{port}"))
+    }
+
+    /// SIGKILL: the server and everything it held are gone.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn start_at(addr: &str) -> Osmem {
         use std::os::unix::process::CommandExt;
         let bin = osmem_bin();
         let mut child = Command::new(&bin)
-            .args(["-addr", "127.0.0.1:0", "-parent-pid"])
+            .args(["-addr", addr, "-parent-pid"])
             .arg(std::process::id().to_string())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
