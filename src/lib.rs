@@ -7,6 +7,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod pipeline;
+pub mod plugin;
 pub mod schema;
 pub mod sink;
 pub mod source;

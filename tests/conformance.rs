@@ -563,6 +563,16 @@ fn write_config(
         state = toml_str(&work.join("state").to_string_lossy()),
         prefix = toml_str(phase.slot_prefix()),
     );
+    // PGSync imports its plugins from the package `plugins`; the fixture ships it.
+    let plugins = fx.dir.join("plugins");
+    let text = if plugins.is_dir() {
+        format!(
+            "{text}\n[plugins]\npath = {}\n",
+            toml_str(&plugins.to_string_lossy())
+        )
+    } else {
+        text
+    };
     let path = work.join("pgsync.toml");
     std::fs::write(&path, text).map_err(|e| format!("write {}: {e}", path.display()))?;
     Ok(path)

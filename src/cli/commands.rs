@@ -30,12 +30,13 @@ pub async fn dispatch(cmd: Command, cfg: Config) -> Result<i32> {
 async fn validate(cfg: &Config) -> Result<i32> {
     let file = load_schema(cfg)?;
     let plans = resolve_all(cfg, &file).await?;
+    crate::plugin::load_for(cfg, &plans)?;
     for p in &plans {
-        for plugin in &p.spec.plugins {
+        if let Some(chain) = crate::plugin::chain_for(&p.spec.index) {
             println!(
-                "warning: {}: {}.plugins: plugin {plugin:?} is PGSync Python code and is not run",
-                file.path.display(),
-                p.spec.path
+                "ok: index {}: plugins {} loaded",
+                p.spec.index,
+                chain.names().join(", ")
             );
         }
         println!(
@@ -57,12 +58,12 @@ async fn validate(cfg: &Config) -> Result<i32> {
 pub async fn run_once(cfg: &Config, recreate: bool) -> Result<i32> {
     let file = load_schema(cfg)?;
     let plans = resolve_all(cfg, &file).await?;
+    crate::plugin::load_for(cfg, &plans)?;
     let sink = Sink::from_config(cfg)?;
     sink.check().await?;
     let mut failed = 0;
     for plan in plans {
         let plan = Arc::new(plan);
-        plan.warn_plugins();
         sink.ensure_index(&plan.spec.index, &index_body(&plan), recreate)
             .await?;
         let summary = initial_sync(cfg, plan.clone(), sink.clone(), None).await?;
@@ -73,7 +74,7 @@ pub async fn run_once(cfg: &Config, recreate: bool) -> Result<i32> {
     if failed > 0 {
         return Err(Error::new(
             crate::ErrorKind::SinkRejected,
-            format!("{failed} document(s) were rejected by the search engine; each is logged above with its _id and reason"),
+            format!("{failed} document(s) were not indexed (rejected by the search engine, or a plugin failed on them); each is logged above with its _id and reason"),
         ));
     }
     Ok(0)

@@ -24,6 +24,7 @@ use tokio::sync::{mpsc, watch};
 pub async fn run(cfg: &Config, recreate: bool) -> Result<i32> {
     let file = load_schema(cfg)?;
     let plans = resolve_all(cfg, &file).await?;
+    crate::plugin::load_for(cfg, &plans)?;
     let sink = Sink::from_config(cfg)?;
     sink.check().await?;
     let store = Store::open(&cfg.checkpoint).await?;
@@ -139,7 +140,6 @@ pub async fn run_index(
     recreate: bool,
 ) -> Result<()> {
     let index = plan.spec.index.clone();
-    plan.warn_plugins();
     let boot = bootstrap_index(cfg, &plan).await?;
     tracing::info!(index = %index, "bootstrap: {}", boot.summary);
     let n = names(cfg, &plan);

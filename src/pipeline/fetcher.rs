@@ -6,6 +6,7 @@
 use super::lanes::Lanes;
 use super::messages::{Completion, DocChunk, FetchRequest, RootKey};
 use super::meta;
+use super::plugin_step::{self, HeldDocs};
 use super::progress::Stats;
 use crate::schema::resolve::IndexPlan;
 use crate::sink::{push_delete_action, push_index_action};
@@ -32,6 +33,8 @@ pub struct FetchSettings {
     /// Lane this fetcher writes to for key requests (change capture), so one `_id` stays on
     /// one writer; range requests go round-robin.
     pub lane: usize,
+    /// The index's plugins, when its schema entry lists some.
+    pub plugins: Option<Arc<crate::plugin::PluginChain>>,
 }
 
 /// The fetcher actor. Its input is a bounded channel attached as a stream.
@@ -127,6 +130,7 @@ async fn run_request(
     let plan = &s.plan;
     let index = plan.spec.index.as_str();
     let pipeline = plan.spec.pipeline.as_deref();
+    plugin_step::check_loaded(plan, s.plugins.as_deref())?;
     match req {
         FetchRequest::DeleteAll { completion } => {
             let chunk = DocChunk {
@@ -246,6 +250,7 @@ async fn stream_documents(
             completion: completion.clone(),
             ..Default::default()
         };
+        let mut held = HeldDocs::default();
         while let Some(row) = rows_stream.next().await {
             let row = row?;
             let id: &str = row.get(cols::ID);
@@ -254,30 +259,23 @@ async fn stream_documents(
             if let Some(w) = wanted.as_deref_mut() {
                 w.remove(id);
             }
-            if s.with_meta {
+            let with_meta;
+            let source = if s.with_meta {
                 let m: Option<&str> = row.get(cols::META);
-                let mut v: serde_json::Value = serde_json::from_str(doc)
-                    .map_err(|e| Error::internal(format!("document {id} of index {index}: {e}")))?;
-                if let (Some(obj), Some(m)) = (v.as_object_mut(), m) {
-                    let triples: serde_json::Value = serde_json::from_str(m)
-                        .map_err(|e| Error::internal(format!("_meta of {id}: {e}")))?;
-                    obj.insert("_meta".into(), meta::fold(&triples));
-                }
-                let bytes = serde_json::to_vec(&v).map_err(|e| Error::internal(e.to_string()))?;
-                push_index_action(&mut chunk.body, index, id, routing, pipeline, &bytes);
+                with_meta = fold_meta(doc, m, id, index)?;
+                with_meta.as_slice()
             } else {
-                push_index_action(
-                    &mut chunk.body,
-                    index,
-                    id,
-                    routing,
-                    pipeline,
-                    doc.as_bytes(),
-                );
+                doc.as_bytes()
+            };
+            if s.plugins.is_some() {
+                held.push(id, routing, source);
+            } else {
+                push_index_action(&mut chunk.body, index, id, routing, pipeline, source);
+                chunk.ids.push(id.to_owned());
             }
-            chunk.ids.push(id.to_owned());
-            if chunk.ids.len() >= s.chunk_docs || chunk.body.len() >= s.chunk_bytes {
-                stats.add_fetched(chunk.ids.len() as u64);
+            if chunk.ids.len() + held.len() >= s.chunk_docs
+                || chunk.body.len() + held.bytes() >= s.chunk_bytes
+            {
                 let full = std::mem::replace(
                     &mut chunk,
                     DocChunk {
@@ -285,13 +283,10 @@ async fn stream_documents(
                         ..Default::default()
                     },
                 );
-                send(out, s, keyed, full).await?;
+                finish_chunk(out, s, keyed, full, &mut held, stats).await?;
             }
         }
-        if !chunk.ids.is_empty() {
-            stats.add_fetched(chunk.ids.len() as u64);
-            send(out, s, keyed, chunk).await?;
-        }
+        finish_chunk(out, s, keyed, chunk, &mut held, stats).await?;
         Ok::<(), Error>(())
     }
     .await;
@@ -301,6 +296,40 @@ async fn stream_documents(
     result?;
     end?;
     Ok(())
+}
+
+/// `_source` with PGSync's `_meta` folded in from the row's key triples.
+fn fold_meta(doc: &str, m: Option<&str>, id: &str, index: &str) -> Result<Vec<u8>> {
+    let mut v: serde_json::Value = serde_json::from_str(doc)
+        .map_err(|e| Error::internal(format!("document {id} of index {index}: {e}")))?;
+    if let (Some(obj), Some(m)) = (v.as_object_mut(), m) {
+        let triples: serde_json::Value = serde_json::from_str(m)
+            .map_err(|e| Error::internal(format!("_meta of {id}: {e}")))?;
+        obj.insert("_meta".into(), meta::fold(&triples));
+    }
+    serde_json::to_vec(&v).map_err(|e| Error::internal(e.to_string()))
+}
+
+/// Runs the plugins over the documents held for `chunk` (if the index has plugins), then sends
+/// it unless nothing is left in it.
+async fn finish_chunk(
+    out: &Lanes<DocChunk>,
+    s: &FetchSettings,
+    keyed: bool,
+    mut chunk: DocChunk,
+    held: &mut HeldDocs,
+    stats: &Stats,
+) -> Result<()> {
+    stats.add_fetched((chunk.ids.len() + held.len()) as u64);
+    if let (Some(chain), false) = (&s.plugins, held.is_empty()) {
+        let spec = &s.plan.spec;
+        let pipeline = spec.pipeline.as_deref();
+        plugin_step::apply_plugins(chain, &spec.index, pipeline, held, &mut chunk, stats).await;
+    }
+    if chunk.ids.is_empty() && chunk.rejected.is_empty() {
+        return Ok(());
+    }
+    send(out, s, keyed, chunk).await
 }
 
 async fn send(

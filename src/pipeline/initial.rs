@@ -95,6 +95,7 @@ pub fn spawn_fetchers(
             chunk_bytes: p.batch_bytes.max(1024),
             snapshot: snapshot.clone(),
             lane,
+            plugins: crate::plugin::chain_for(&plan.spec.index),
         });
         let (out, stats, errors, connect) =
             (out.clone(), stats.clone(), errors.clone(), connect.clone());

@@ -97,4 +97,7 @@ pub struct DocChunk {
     pub barrier: bool,
     /// Delete every document of the index before writing this chunk.
     pub delete_all: bool,
+    /// Documents of this chunk that are not in `body` because a plugin failed on them:
+    /// (`_id`, what failed, with the Python traceback). Already logged at ERROR.
+    pub rejected: Vec<(String, String)>,
 }

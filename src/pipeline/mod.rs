@@ -13,5 +13,6 @@ pub mod lanes;
 pub mod messages;
 pub mod meta;
 pub mod planner;
+pub mod plugin_step;
 pub mod progress;
 pub mod writer;

@@ -136,6 +136,11 @@ impl WriterLoop {
             if let Some(c) = chunk.completion {
                 pending.completions.push(c);
             }
+            if pending.ids.is_empty() {
+                // Nothing to write (every document of the chunk was rejected by a plugin):
+                // release its completion now rather than at the next chunk.
+                pending.completions.clear();
+            }
             if pending.ids.len() >= self.settings.batch_docs
                 || pending.body.len() >= self.settings.batch_bytes
             {
