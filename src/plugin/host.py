@@ -143,7 +143,12 @@ def _where(klass):
 
 def load(directory, names):
     """A Chain of the plugins ``names``, in that order (PGSync sorts by the schema's list)."""
-    classes = plugin_classes(directory)
+    try:
+        classes = plugin_classes(directory)
+    except ModuleNotFoundError as e:
+        if e.name != PACKAGE:
+            raise
+        raise LoadError(f"No module named 'plugins' on sys.path {sys.path}") from None
     wanted = [k for k in classes if getattr(k, "name", None) in names]
     present = {k.name for k in wanted}
     missing = [n for n in names if n not in present]

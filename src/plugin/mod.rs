@@ -9,6 +9,8 @@
 mod pool;
 #[cfg(feature = "plugins")]
 mod python;
+#[cfg(test)]
+mod tests;
 
 use crate::config::{Config, PluginsConfig};
 use crate::schema::resolve::IndexPlan;

@@ -12,6 +12,10 @@ const HOST_SOURCE: &str = include_str!("host.py");
 
 static HOST: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
 
+/// Loading swaps the process-wide `plugins` entries of `sys.modules`: one load at a time. Taken
+/// before the interpreter lock, and never by the threads applying plugins, so it cannot deadlock.
+static LOADING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn host(py: Python<'_>) -> PyResult<&Bound<'_, PyModule>> {
     HOST.get_or_try_init(py, || {
         // Plugins are read from the operator's directory; leave no __pycache__ in it.
@@ -33,6 +37,7 @@ pub(super) fn load(dir: Option<&Path>, names: &[String]) -> Result<Py<PyAny>, St
             })
         })
         .transpose()?;
+    let _one_at_a_time = LOADING.lock().unwrap_or_else(|e| e.into_inner());
     Python::initialize();
     Python::attach(|py| {
         let r = host(py).and_then(|h| h.call_method1("load", (dir.as_deref(), names.to_vec())));
@@ -49,6 +54,7 @@ pub(super) type AuthAnswer = (
 /// PGSync's `auth(key)` hook for each of `keys`.
 pub(super) fn auth(dir: Option<&Path>, keys: &[&str]) -> Result<AuthAnswer, String> {
     let dir = dir.and_then(Path::to_str).map(str::to_owned);
+    let _one_at_a_time = LOADING.lock().unwrap_or_else(|e| e.into_inner());
     Python::initialize();
     Python::attach(|py| {
         let r = host(py).and_then(|h| h.call_method1("auth", (dir.as_deref(), keys.to_vec())));
