@@ -12,7 +12,7 @@ mod python;
 #[cfg(test)]
 mod tests;
 
-use crate::config::{Config, PluginsConfig};
+use crate::config::{Config, PluginsConfig, Secret};
 use crate::schema::resolve::IndexPlan;
 use crate::{Error, Result};
 use std::collections::HashMap;
@@ -175,4 +175,78 @@ pub fn chain_for(index: &str) -> Option<Arc<PluginChain>> {
         .unwrap_or_else(|e| e.into_inner())
         .as_ref()
         .and_then(|m| m.get(index).cloned())
+}
+
+/// The keys PGSync asks an `Auth` plugin for, and what each sets here.
+const AUTH_KEYS: [&str; 3] = ["PG_PASSWORD", "ELASTICSEARCH_PASSWORD", "REDIS_AUTH"];
+
+/// PGSync's secrets hook: when the plugin package has a plugin named `Auth` with an
+/// `auth(key)` method, its answers for `PG_PASSWORD`, `ELASTICSEARCH_PASSWORD` and `REDIS_AUTH`
+/// replace `postgres.password` and `search.password`, and fill in the password of
+/// `checkpoint.redis_url` when the URL has none. The package is looked for only when
+/// `[plugins] path` is a directory or `PYTHONPATH` is set, so a deployment without plugins
+/// never starts Python. Values are never logged.
+pub fn apply_auth(cfg: &mut Config) -> Result<()> {
+    let consult = cfg.plugins.path.is_dir()
+        || std::env::var_os("PYTHONPATH").is_some_and(|v| !v.is_empty());
+    if !consult {
+        return Ok(());
+    }
+    #[cfg(feature = "plugins")]
+    {
+        let dir = package_dir(&cfg.plugins)?;
+        let (values, failures) = python::auth(dir.as_deref(), &AUTH_KEYS).map_err(|e| {
+            Error::config(format!("plugin package (looking for an Auth plugin): {e}"))
+                .with_hint(where_hint(&cfg.plugins, dir.as_deref()))
+        })?;
+        for (key, exception) in &failures {
+            tracing::warn!(key = %key, exception = %exception, "the Auth plugin failed; the configured value is used");
+        }
+        set_auth_values(cfg, &values);
+    }
+    #[cfg(not(feature = "plugins"))]
+    tracing::warn!(
+        path = %cfg.plugins.path.display(),
+        "a plugin directory exists but this pgsync was built without the `plugins` feature: an Auth plugin in it is not consulted"
+    );
+    Ok(())
+}
+
+#[cfg_attr(not(feature = "plugins"), allow(dead_code))]
+fn set_auth_values(cfg: &mut Config, values: &HashMap<String, String>) {
+    for key in AUTH_KEYS {
+        let Some(value) = values.get(key) else {
+            continue;
+        };
+        let applied = match key {
+            "PG_PASSWORD" => {
+                cfg.postgres.password = Some(Secret::new(value.clone()));
+                true
+            }
+            "ELASTICSEARCH_PASSWORD" => {
+                cfg.search.password = Some(Secret::new(value.clone()));
+                true
+            }
+            _ => fill_redis_password(cfg, value),
+        };
+        if applied {
+            tracing::info!(key = %key, "password taken from the Auth plugin");
+        }
+    }
+}
+
+/// Puts `password` into `checkpoint.redis_url` unless the URL already has one (PGSync lets
+/// `REDIS_URL` win over the plugin).
+fn fill_redis_password(cfg: &mut Config, password: &str) -> bool {
+    let Some(url) = cfg.checkpoint.redis_url.as_ref() else {
+        return false;
+    };
+    let Ok(mut parsed) = url::Url::parse(url.expose()) else {
+        return false;
+    };
+    if parsed.password().is_some() || parsed.set_password(Some(password)).is_err() {
+        return false;
+    }
+    cfg.checkpoint.redis_url = Some(Secret::new(parsed.to_string()));
+    true
 }

@@ -248,3 +248,43 @@ fn without_the_feature_loading_fails_naming_the_plugins_and_the_feature() {
         assert!(e.contains(part), "{part:?} not in:\n{e}");
     }
 }
+
+#[cfg(feature = "plugins")]
+#[test]
+fn an_auth_plugin_supplies_the_passwords_pgsync_asks_it_for() {
+    use crate::config::{Config, Secret};
+    let (_dir, plugins) = package(&[(
+        "auth.py",
+        "from pgsync import plugin\n\nclass Auth(plugin.Plugin):\n    name = 'Auth'\n\n    \
+         def transform(self, doc, **kwargs):\n        return doc\n\n    \
+         def auth(self, key):\n        if key == 'ELASTICSEARCH_PASSWORD':\n            raise KeyError(key)\n        \
+         return 'from-plugin-' + key\n",
+    )]);
+    let mut cfg = Config {
+        plugins,
+        ..Default::default()
+    };
+    cfg.search.password = Some(Secret::new("configured"));
+    cfg.checkpoint.redis_url = Some(Secret::new("redis://cache:6379/0"));
+    super::apply_auth(&mut cfg).unwrap();
+    let expose = |s: &Option<Secret>| s.as_ref().map(|s| s.expose().to_owned());
+    assert_eq!(expose(&cfg.postgres.password).as_deref(), Some("from-plugin-PG_PASSWORD"));
+    // The plugin raised for this key: the configured value stays.
+    assert_eq!(expose(&cfg.search.password).as_deref(), Some("configured"));
+    assert_eq!(
+        expose(&cfg.checkpoint.redis_url).as_deref(),
+        Some("redis://:from-plugin-REDIS_AUTH@cache:6379/0")
+    );
+}
+
+#[test]
+fn a_redis_url_with_a_password_keeps_it_over_the_auth_plugin() {
+    use crate::config::{Config, Secret};
+    let mut cfg = Config::default();
+    cfg.checkpoint.redis_url = Some(Secret::new("redis://:url-pw@cache:6379/0"));
+    assert!(!super::fill_redis_password(&mut cfg, "plugin-pw"));
+    assert_eq!(
+        cfg.checkpoint.redis_url.unwrap().expose(),
+        "redis://:url-pw@cache:6379/0"
+    );
+}
