@@ -75,9 +75,9 @@ def _import_package(directory):
         except ModuleNotFoundError as e:
             if e.name == PACKAGE:
                 raise
-            raise LoadError(f"cannot import the package {PACKAGE}:\n{traceback.format_exc()}")
-        except BaseException:
-            raise LoadError(f"cannot import the package {PACKAGE}:\n{traceback.format_exc()}")
+            raise LoadError(f"cannot import the package {PACKAGE}:\n{_plugin_traceback(e)}") from None
+        except BaseException as e:
+            raise LoadError(f"cannot import the package {PACKAGE}:\n{_plugin_traceback(e)}") from None
     init = os.path.join(directory, "__init__.py")
     if os.path.isfile(init):
         spec = importlib.util.spec_from_file_location(
@@ -91,17 +91,28 @@ def _import_package(directory):
     try:
         if spec.loader is not None:
             spec.loader.exec_module(module)
-    except BaseException:
+    except BaseException as e:
         del sys.modules[PACKAGE]
-        raise LoadError(f"cannot import {init}:\n{traceback.format_exc()}")
+        raise LoadError(f"cannot import {init}:\n{_plugin_traceback(e)}") from None
     return module
+
+
+def _plugin_traceback(e):
+    """The traceback of ``e`` without the frames of this host and of importlib."""
+    frames = [
+        f
+        for f in traceback.extract_tb(e.__traceback__)
+        if not f.filename.startswith("<") and os.path.basename(os.path.dirname(f.filename)) != "importlib"
+    ]
+    head = ["Traceback (most recent call last):\n", *traceback.format_list(frames)] if frames else []
+    return "".join(head + traceback.format_exception_only(type(e), e))
 
 
 def _import(name, file):
     try:
         return importlib.import_module(name)
-    except BaseException:
-        raise LoadError(f"cannot import module {name} ({file}):\n{traceback.format_exc()}")
+    except BaseException as e:
+        raise LoadError(f"cannot import module {name} ({file}):\n{_plugin_traceback(e)}") from None
 
 
 def _walk(package_name, found, seen_paths):
@@ -164,11 +175,11 @@ def load(directory, names):
     for klass in wanted:
         try:
             plugins.append(klass())
-        except BaseException:
+        except BaseException as e:
             raise LoadError(
                 f"plugin {klass.name} ({klass.__qualname__} in {_where(klass)}): cannot create "
-                f"it:\n{traceback.format_exc()}"
-            )
+                f"it:\n{_plugin_traceback(e)}"
+            ) from None
     return Chain(plugins)
 
 
@@ -218,9 +229,7 @@ class Chain:
             step = f"encoding the document {step} returned as JSON"
             return _dumps(doc)
         except BaseException as e:
-            # The first frame is this function: the plugin's frames are what helps.
-            frames = traceback.format_exception(type(e), e, e.__traceback__.tb_next)
-            return (f"{step} failed:\n{''.join(frames)}",)
+            return (f"{step} failed:\n{_plugin_traceback(e)}",)
 
 
 def auth(directory, keys):
@@ -238,11 +247,11 @@ def auth(directory, keys):
         if getattr(klass, "name", None) == "Auth" and hasattr(klass, "auth"):
             try:
                 provider = klass()
-            except BaseException:
+            except BaseException as e:
                 raise LoadError(
                     f"plugin Auth ({klass.__qualname__} in {_where(klass)}): cannot create "
-                    f"it:\n{traceback.format_exc()}"
-                )
+                    f"it:\n{_plugin_traceback(e)}"
+                ) from None
             break
     values, failures = {}, {}
     for key in keys if provider else []:

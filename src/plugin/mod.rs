@@ -185,7 +185,8 @@ const AUTH_KEYS: [&str; 3] = ["PG_PASSWORD", "ELASTICSEARCH_PASSWORD", "REDIS_AU
 /// replace `postgres.password` and `search.password`, and fill in the password of
 /// `checkpoint.redis_url` when the URL has none. The package is looked for only when
 /// `[plugins] path` is a directory or `PYTHONPATH` is set, so a deployment without plugins
-/// never starts Python. Values are never logged.
+/// never starts Python. Values are never logged. A package that fails to import is only a
+/// warning here: the indices that use it fail on it at start-up, naming their plugins.
 pub fn apply_auth(cfg: &mut Config) -> Result<()> {
     let consult = cfg.plugins.path.is_dir()
         || std::env::var_os("PYTHONPATH").is_some_and(|v| !v.is_empty());
@@ -195,10 +196,14 @@ pub fn apply_auth(cfg: &mut Config) -> Result<()> {
     #[cfg(feature = "plugins")]
     {
         let dir = package_dir(&cfg.plugins)?;
-        let (values, failures) = python::auth(dir.as_deref(), &AUTH_KEYS).map_err(|e| {
-            Error::config(format!("plugin package (looking for an Auth plugin): {e}"))
-                .with_hint(where_hint(&cfg.plugins, dir.as_deref()))
-        })?;
+        let (values, failures) = match python::auth(dir.as_deref(), &AUTH_KEYS) {
+            Ok(answer) => answer,
+            // The indices that list plugins report it again, with their names, and stop there.
+            Err(e) => {
+                tracing::warn!("the plugin package could not be loaded to look for an Auth plugin; passwords come from the configuration: {e}");
+                return Ok(());
+            }
+        };
         for (key, exception) in &failures {
             tracing::warn!(key = %key, exception = %exception, "the Auth plugin failed; the configured value is used");
         }
