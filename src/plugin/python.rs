@@ -124,7 +124,10 @@ fn describe(py: Python<'_>, e: &PyErr) -> String {
     }
     let formatted = py
         .import("traceback")
-        .and_then(|t| t.call_method1("format_exception", (e.value(py),)))
+        .and_then(|t| {
+            let tb = e.traceback(py).map(Bound::into_any);
+            t.call_method1("format_exception", (e.get_type(py), e.value(py), tb))
+        })
         .and_then(|lines| lines.extract::<Vec<String>>());
     match formatted {
         Ok(lines) => lines.concat(),
