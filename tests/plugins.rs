@@ -167,8 +167,19 @@ fn a_plugin_that_raises_fails_only_its_document_and_the_daemon_keeps_streaming()
         daemon.check_alive()?;
         Ok(confirmed_flush_lsn(bed.pg, &slot).is_some_and(|l| l >= end))
     });
-    assert_eq!(passed, Ok(true), "slot {slot} never passed {end:X}\n{}", daemon.log_tail());
-    await_documents(&bed.os, &mut daemon, &after, TIMEOUT, "after the slot passed");
+    assert_eq!(
+        passed,
+        Ok(true),
+        "slot {slot} never passed {end:X}\n{}",
+        daemon.log_tail()
+    );
+    await_documents(
+        &bed.os,
+        &mut daemon,
+        &after,
+        TIMEOUT,
+        "after the slot passed",
+    );
     let log = daemon.log();
     assert!(
         log.contains("id=3") && log.contains("ValueError: refusing document 3"),
@@ -176,7 +187,11 @@ fn a_plugin_that_raises_fails_only_its_document_and_the_daemon_keeps_streaming()
     );
 
     let status = daemon.terminate(Duration::from_secs(30));
-    assert!(status.success(), "SIGTERM: exit {status}\n{}", daemon.log_tail());
+    assert!(
+        status.success(),
+        "SIGTERM: exit {status}\n{}",
+        daemon.log_tail()
+    );
 }
 
 #[test]
@@ -185,7 +200,8 @@ fn validate_loads_the_plugins_and_reports_a_broken_one_with_its_file_and_traceba
     let ok = bed.work.pgsync(&["validate"]);
     ok.assert_code(0, "validate with working plugins");
     assert!(
-        ok.stdout.contains("ok: index item: plugins Skip, Shout, Explode loaded"),
+        ok.stdout
+            .contains("ok: index item: plugins Skip, Shout, Explode loaded"),
         "{}",
         ok.output()
     );
@@ -201,14 +217,22 @@ fn validate_loads_the_plugins_and_reports_a_broken_one_with_its_file_and_traceba
         "SyntaxError",
         &package.display().to_string(),
     ] {
-        assert!(bad.stderr.contains(part), "{part:?} not in:\n{}", bad.output());
+        assert!(
+            bad.stderr.contains(part),
+            "{part:?} not in:\n{}",
+            bad.output()
+        );
     }
 
     std::fs::remove_dir_all(&package).unwrap();
     let missing = bed.work.pgsync(&["run", "--once"]);
     missing.assert_code(2, "run --once without the plugin package");
     for part in ["No module named 'plugins'", "PYTHONPATH", "./plugins"] {
-        assert!(missing.stderr.contains(part), "{part:?} not in:\n{}", missing.output());
+        assert!(
+            missing.stderr.contains(part),
+            "{part:?} not in:\n{}",
+            missing.output()
+        );
     }
     assert!(
         bed.os.try_all_docs("item").is_none_or(|d| d.is_empty()),

@@ -303,8 +303,8 @@ fn fold_meta(doc: &str, m: Option<&str>, id: &str, index: &str) -> Result<Vec<u8
     let mut v: serde_json::Value = serde_json::from_str(doc)
         .map_err(|e| Error::internal(format!("document {id} of index {index}: {e}")))?;
     if let (Some(obj), Some(m)) = (v.as_object_mut(), m) {
-        let triples: serde_json::Value = serde_json::from_str(m)
-            .map_err(|e| Error::internal(format!("_meta of {id}: {e}")))?;
+        let triples: serde_json::Value =
+            serde_json::from_str(m).map_err(|e| Error::internal(format!("_meta of {id}: {e}")))?;
         obj.insert("_meta".into(), meta::fold(&triples));
     }
     serde_json::to_vec(&v).map_err(|e| Error::internal(e.to_string()))

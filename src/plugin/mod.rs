@@ -58,11 +58,8 @@ impl PluginChain {
     pub fn load(cfg: &PluginsConfig, names: &[String]) -> Result<PluginChain> {
         let dir = package_dir(cfg)?;
         let chain = python::load(dir.as_deref(), names).map_err(|e| {
-            Error::config(format!(
-                "plugins {}: {e}",
-                quoted(names),
-            ))
-            .with_hint(where_hint(cfg, dir.as_deref()))
+            Error::config(format!("plugins {}: {e}", quoted(names),))
+                .with_hint(where_hint(cfg, dir.as_deref()))
         })?;
         Ok(PluginChain {
             names: names.to_vec(),
@@ -188,8 +185,8 @@ const AUTH_KEYS: [&str; 3] = ["PG_PASSWORD", "ELASTICSEARCH_PASSWORD", "REDIS_AU
 /// never starts Python. Values are never logged. A package that fails to import is only a
 /// warning here: the indices that use it fail on it at start-up, naming their plugins.
 pub fn apply_auth(cfg: &mut Config) -> Result<()> {
-    let consult = cfg.plugins.path.is_dir()
-        || std::env::var_os("PYTHONPATH").is_some_and(|v| !v.is_empty());
+    let consult =
+        cfg.plugins.path.is_dir() || std::env::var_os("PYTHONPATH").is_some_and(|v| !v.is_empty());
     if !consult {
         return Ok(());
     }

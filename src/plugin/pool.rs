@@ -64,7 +64,12 @@ fn run(chain: &Py<PyAny>, jobs: &crossbeam_channel::Receiver<Job>) {
         let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             python::apply(chain, &job.index, &job.docs)
         }))
-        .unwrap_or_else(|_| failed(n, "the plugin host panicked on this batch (a bug in pgsync)"));
+        .unwrap_or_else(|_| {
+            failed(
+                n,
+                "the plugin host panicked on this batch (a bug in pgsync)",
+            )
+        });
         let _ = job.reply.send(out);
     }
 }

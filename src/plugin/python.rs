@@ -32,9 +32,9 @@ fn host(py: Python<'_>) -> PyResult<&Bound<'_, PyModule>> {
 pub(super) fn load(dir: Option<&Path>, names: &[String]) -> Result<Py<PyAny>, String> {
     let dir = dir
         .map(|d| {
-            d.to_str().map(str::to_owned).ok_or_else(|| {
-                format!("plugin directory {} is not valid UTF-8", d.display())
-            })
+            d.to_str()
+                .map(str::to_owned)
+                .ok_or_else(|| format!("plugin directory {} is not valid UTF-8", d.display()))
         })
         .transpose()?;
     let _one_at_a_time = LOADING.lock().unwrap_or_else(|e| e.into_inner());
@@ -64,7 +64,11 @@ pub(super) fn auth(dir: Option<&Path>, keys: &[&str]) -> Result<AuthAnswer, Stri
 }
 
 /// Runs `chain` over one batch with the interpreter lock held throughout.
-pub(super) fn apply(chain: &Py<PyAny>, index: &str, docs: &[(String, Vec<u8>)]) -> Vec<PluginOutcome> {
+pub(super) fn apply(
+    chain: &Py<PyAny>,
+    index: &str,
+    docs: &[(String, Vec<u8>)],
+) -> Vec<PluginOutcome> {
     Python::attach(|py| {
         apply_batch(py, chain, index, docs).unwrap_or_else(|e| {
             let why = describe(py, &e);
@@ -87,7 +91,10 @@ fn apply_batch(
     for (id, source) in docs {
         items.append(PyTuple::new(
             py,
-            [PyString::new(py, id).into_any(), PyBytes::new(py, source).into_any()],
+            [
+                PyString::new(py, id).into_any(),
+                PyBytes::new(py, source).into_any(),
+            ],
         )?)?;
     }
     let answers = chain.bind(py).call_method1("apply", (index, items))?;

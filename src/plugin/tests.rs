@@ -68,7 +68,10 @@ async fn plugins_apply_in_the_schema_order_whatever_the_discovery_order() {
     let chain = PluginChain::load(&cfg, &names(&["Zeta", "Alpha"])).unwrap();
     assert_eq!(chain.names(), ["Zeta", "Alpha"]);
     let out = run(&chain, &[("1", r#"{"x": 1}"#)]).await;
-    assert_eq!(kept(&out[0]), serde_json::json!({"x": 1, "trail": "ZetaAlpha"}));
+    assert_eq!(
+        kept(&out[0]),
+        serde_json::json!({"x": 1, "trail": "ZetaAlpha"})
+    );
 }
 
 #[cfg(feature = "plugins")]
@@ -96,7 +99,10 @@ async fn keyword_arguments_carry_the_id_and_the_index() {
     )]);
     let chain = PluginChain::load(&cfg, &names(&["Ref"])).unwrap();
     let out = run(&chain, &[("7", r#"{"title": "Ça va"}"#), ("8", "{}")]).await;
-    assert_eq!(kept(&out[0]), serde_json::json!({"title": "Ça va", "ref": "things/7"}));
+    assert_eq!(
+        kept(&out[0]),
+        serde_json::json!({"title": "Ça va", "ref": "things/7"})
+    );
     assert_eq!(kept(&out[1]), serde_json::json!({"ref": "things/8"}));
 }
 
@@ -113,7 +119,11 @@ async fn a_falsy_return_drops_the_document_and_ends_its_chain() {
     let chain = PluginChain::load(&cfg, &names(&["Gate", "Empty", "Strict"])).unwrap();
     let out = run(
         &chain,
-        &[("1", r#"{"hide": true}"#), ("2", r#"{"empty": 1}"#), ("3", r#"{"a": 1}"#)],
+        &[
+            ("1", r#"{"hide": true}"#),
+            ("2", r#"{"empty": 1}"#),
+            ("3", r#"{"a": 1}"#),
+        ],
     )
     .await;
     assert_eq!(out[0], PluginOutcome::Drop);
@@ -130,13 +140,26 @@ async fn an_exception_fails_only_its_document_with_the_plugin_and_the_traceback(
          def transform(self, doc, **kwargs):\n        if doc['n'] == 2:\n            raise ValueError('no two')\n        return doc\n",
     )]);
     let chain = PluginChain::load(&cfg, &names(&["Boom"])).unwrap();
-    let out = run(&chain, &[("1", r#"{"n": 1}"#), ("2", r#"{"n": 2}"#), ("3", r#"{"n": 3}"#)]).await;
+    let out = run(
+        &chain,
+        &[
+            ("1", r#"{"n": 1}"#),
+            ("2", r#"{"n": 2}"#),
+            ("3", r#"{"n": 3}"#),
+        ],
+    )
+    .await;
     assert_eq!(kept(&out[0]), serde_json::json!({"n": 1}));
     assert_eq!(kept(&out[2]), serde_json::json!({"n": 3}));
     let PluginOutcome::Failed { traceback } = &out[1] else {
         panic!("document 2 must fail: {:?}", out[1]);
     };
-    for part in ["plugin Boom", "Traceback", "boom.py\", line 8", "ValueError: no two"] {
+    for part in [
+        "plugin Boom",
+        "Traceback",
+        "boom.py\", line 8",
+        "ValueError: no two",
+    ] {
         assert!(traceback.contains(part), "{part:?} not in:\n{traceback}");
     }
 }
@@ -152,13 +175,24 @@ async fn a_result_that_is_not_a_document_fails_and_dates_encode_as_iso_text() {
          if doc['n'] == 3:\n            doc['bad'] = float('nan')\n        return doc\n",
     )]);
     let chain = PluginChain::load(&cfg, &names(&["Odd"])).unwrap();
-    let out = run(&chain, &[("1", r#"{"n": 1}"#), ("2", r#"{"n": 2}"#), ("3", r#"{"n": 3}"#)]).await;
+    let out = run(
+        &chain,
+        &[
+            ("1", r#"{"n": 1}"#),
+            ("2", r#"{"n": 2}"#),
+            ("3", r#"{"n": 3}"#),
+        ],
+    )
+    .await;
     assert!(
         matches!(&out[0], PluginOutcome::Failed { traceback } if traceback.contains("returned list, expected a dict")),
         "{:?}",
         out[0]
     );
-    assert_eq!(kept(&out[1]), serde_json::json!({"n": 2, "when": "2024-02-29"}));
+    assert_eq!(
+        kept(&out[1]),
+        serde_json::json!({"n": 2, "when": "2024-02-29"})
+    );
     assert!(
         matches!(&out[2], PluginOutcome::Failed { traceback } if traceback.contains("Out of range float values are not JSON compliant")),
         "NaN is not JSON, the engine would reject it: {:?}",
@@ -186,7 +220,10 @@ fn a_missing_plugin_name_fails_loading_naming_it_and_the_names_found() {
 fn a_syntax_error_fails_loading_with_the_file_and_the_traceback() {
     let (_dir, cfg) = package(&[
         ("a.py", &trail_plugin("Alpha")),
-        ("broken.py", "from pgsync import plugin\n\ndef oops(:\n    pass\n"),
+        (
+            "broken.py",
+            "from pgsync import plugin\n\ndef oops(:\n    pass\n",
+        ),
     ]);
     let e = load_error(&cfg, &["Alpha"]);
     for part in [
@@ -221,7 +258,13 @@ fn a_plugin_without_transform_fails_loading_naming_the_class() {
         "from pgsync import plugin\n\nclass Lazy(plugin.Plugin):\n    name = 'Lazy'\n",
     )]);
     let e = load_error(&cfg, &["Lazy"]);
-    for part in ["plugin Lazy", "lazy.py", "cannot create it", "TypeError", "abstract"] {
+    for part in [
+        "plugin Lazy",
+        "lazy.py",
+        "cannot create it",
+        "TypeError",
+        "abstract",
+    ] {
         assert!(e.contains(part), "{part:?} not in:\n{e}");
     }
 }
@@ -234,7 +277,11 @@ fn without_a_directory_the_package_must_be_importable() {
         threads: 1,
     };
     let e = load_error(&cfg, &["Alpha"]);
-    for part in ["No module named 'plugins'", "/nonexistent/pgsync-test-plugins", "PYTHONPATH"] {
+    for part in [
+        "No module named 'plugins'",
+        "/nonexistent/pgsync-test-plugins",
+        "PYTHONPATH",
+    ] {
         assert!(e.contains(part), "{part:?} not in:\n{e}");
     }
 }
@@ -243,7 +290,9 @@ fn without_a_directory_the_package_must_be_importable() {
 #[test]
 fn without_the_feature_loading_fails_naming_the_plugins_and_the_feature() {
     let (_dir, cfg) = package(&[("a.py", &trail_plugin("Alpha"))]);
-    let e = PluginChain::load(&cfg, &names(&["Alpha"])).unwrap_err().to_string();
+    let e = PluginChain::load(&cfg, &names(&["Alpha"]))
+        .unwrap_err()
+        .to_string();
     for part in [r#"plugins ["Alpha"]"#, "cargo feature `plugins`"] {
         assert!(e.contains(part), "{part:?} not in:\n{e}");
     }
@@ -268,7 +317,10 @@ fn an_auth_plugin_supplies_the_passwords_pgsync_asks_it_for() {
     cfg.checkpoint.redis_url = Some(Secret::new("redis://cache:6379/0"));
     super::apply_auth(&mut cfg).unwrap();
     let expose = |s: &Option<Secret>| s.as_ref().map(|s| s.expose().to_owned());
-    assert_eq!(expose(&cfg.postgres.password).as_deref(), Some("from-plugin-PG_PASSWORD"));
+    assert_eq!(
+        expose(&cfg.postgres.password).as_deref(),
+        Some("from-plugin-PG_PASSWORD")
+    );
     // The plugin raised for this key: the configured value stays.
     assert_eq!(expose(&cfg.search.password).as_deref(), Some("configured"));
     assert_eq!(
