@@ -3,6 +3,8 @@
 //! `./plugins`). Plugin semantics in detail (ordering, sub-packages, loading errors) are unit
 //! tests in `src/plugin/tests.rs`; the fixture `book_plugins` runs in `tests/conformance.rs`.
 
+#![cfg(feature = "plugins")]
+
 mod common;
 mod harness;
 

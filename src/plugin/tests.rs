@@ -1,7 +1,9 @@
 //! Loading and ordering semantics, on real plugin packages written to temp dirs and run by the
 //! embedded interpreter.
 
-use super::{PluginChain, PluginOutcome};
+use super::PluginChain;
+#[cfg(feature = "plugins")]
+use super::PluginOutcome;
 use crate::config::PluginsConfig;
 
 /// A plugin package: `(relative path, source)` files under a new temp dir.
