@@ -208,6 +208,18 @@ fn validate_loads_the_plugins_and_reports_a_broken_one_with_its_file_and_traceba
         ok.output()
     );
 
+    // A document a plugin failed on makes `run --once` exit non-zero once the rest is indexed.
+    let once = bed.work.pgsync(&["run", "--once"]);
+    once.assert_code(1, "run --once with a plugin raising for document 2");
+    assert!(
+        once.stderr.contains("1 document(s) were not indexed"),
+        "{}",
+        once.output()
+    );
+    bed.os.refresh("item");
+    let found: Vec<String> = bed.os.all_docs("item").into_keys().collect();
+    assert_eq!(found, ["1", "3"], "documents indexed by run --once");
+
     let package = bed.work.dir.path().join("plugins");
     std::fs::write(package.join("text/shout.py"), "def broken(:\n").unwrap();
     let bad = bed.work.pgsync(&["validate"]);
@@ -227,6 +239,7 @@ fn validate_loads_the_plugins_and_reports_a_broken_one_with_its_file_and_traceba
     }
 
     std::fs::remove_dir_all(&package).unwrap();
+    // Without its plugins, 2 and 4 would be indexed too.
     let missing = bed.work.pgsync(&["run", "--once"]);
     missing.assert_code(2, "run --once without the plugin package");
     for part in ["No module named 'plugins'", "PYTHONPATH", "./plugins"] {
@@ -236,8 +249,10 @@ fn validate_loads_the_plugins_and_reports_a_broken_one_with_its_file_and_traceba
             missing.output()
         );
     }
-    assert!(
-        bed.os.try_all_docs("item").is_none_or(|d| d.is_empty()),
-        "documents were indexed without their plugins"
+    let after: Vec<String> = bed.os.all_docs("item").into_keys().collect();
+    assert_eq!(
+        after,
+        ["1", "3"],
+        "run --once without its plugins must not index anything"
     );
 }
