@@ -9,7 +9,9 @@
 //! - peak RSS of each pgsync run.
 //!
 //! Run: `cargo bench --bench initial_sync -- 1000000` (default 100000 roots); add `--no-search`
-//! to skip the two measures bound by the search server (osmem cannot hold a million documents).
+//! to skip the two measures bound by the search server (osmem cannot hold a million documents),
+//! and `--plugins` to also run the discarding sync with a one-line PGSync plugin and print the
+//! plugin's cost per document.
 
 mod common;
 #[path = "../tests/harness/mod.rs"]
@@ -143,6 +145,35 @@ fn search_alone(
     (total, start.elapsed().as_secs_f64())
 }
 
+/// The discarding sync again, with the same schema plus a one-line plugin: the difference is what
+/// running plugins costs per document (JSON into Python and back, one call per document).
+fn with_plugin(dir: &Path, config: &Path) -> common::Run {
+    let package = dir.join("plugins");
+    std::fs::create_dir_all(&package).unwrap();
+    std::fs::write(
+        package.join("touch.py"),
+        "from pgsync import plugin\n\n\nclass Touch(plugin.Plugin):\n    name = \"Touch\"\n\n    \
+         def transform(self, doc, **kwargs):\n        doc[\"touched\"] = True\n        return doc\n",
+    )
+    .unwrap();
+    let mut schema: serde_json::Value = serde_json::from_str(common::SCHEMA).unwrap();
+    schema[0]["plugins"] = serde_json::json!(["Touch"]);
+    let schema_path = dir.join("schema-plugins.json");
+    std::fs::write(&schema_path, schema.to_string()).unwrap();
+    let (schema_s, package_s) = (
+        schema_path.display().to_string(),
+        package.display().to_string(),
+    );
+    run_pgsync(
+        config,
+        &[
+            ("PGSYNC_OUTPUT__KIND", "discard"),
+            ("PGSYNC_SCHEMA__PATH", &schema_s),
+            ("PGSYNC_PLUGINS__PATH", &package_s),
+        ],
+    )
+}
+
 fn main() {
     let n: u64 = std::env::args()
         .skip(1)
@@ -165,6 +196,9 @@ fn main() {
     let ndjson = dir.join("out.ndjson");
     let ndjson_s = ndjson.display().to_string();
     let discard = run_pgsync(&config, &[("PGSYNC_OUTPUT__KIND", "discard")]);
+    let plugged = std::env::args()
+        .any(|a| a == "--plugins")
+        .then(|| with_plugin(dir, &config));
     let file = run_pgsync(
         &config,
         &[
@@ -216,10 +250,11 @@ fn main() {
             "search server alone (bulk bodies)", se_docs, se_secs, se_rate, "-"
         );
     }
-    let mut runs = vec![
-        ("pgsync, discarding sink", &discard),
-        ("pgsync, NDJSON file sink", &file),
-    ];
+    let mut runs = vec![("pgsync, discarding sink", &discard)];
+    if let Some(p) = &plugged {
+        runs.push(("pgsync, discarding, 1 plugin", p));
+    }
+    runs.push(("pgsync, NDJSON file sink", &file));
     if let Some(e2e) = &e2e {
         runs.push(("pgsync, end to end", e2e));
     }
@@ -243,4 +278,13 @@ fn main() {
         "discarding / postgres alone: {:.0}%",
         100.0 * rate(discard.docs, discard.secs) / pg_rate
     );
+    if let Some(p) = &plugged {
+        let per_doc = |r: &common::Run| 1e6 * r.secs / r.docs.max(1) as f64;
+        println!(
+            "one plugin: {:.1} µs/doc against {:.1} µs/doc without: {:.1} µs/doc for the plugin",
+            per_doc(p),
+            per_doc(&discard),
+            per_doc(p) - per_doc(&discard)
+        );
+    }
 }

@@ -9,6 +9,7 @@ pub mod error;
 pub mod fault;
 pub mod outage;
 pub mod pipeline;
+pub mod plugin;
 pub mod schema;
 pub mod sink;
 pub mod source;

@@ -33,12 +33,13 @@ pub async fn dispatch(cmd: Command, cfg: Config) -> Result<i32> {
 async fn validate(cfg: &Config) -> Result<i32> {
     let file = load_schema(cfg)?;
     let plans = resolve_all(cfg, &file).await?;
+    crate::plugin::load_for(cfg, &plans)?;
     for p in &plans {
-        for plugin in &p.spec.plugins {
+        if let Some(chain) = crate::plugin::chain_for(&p.spec.index) {
             println!(
-                "warning: {}: {}.plugins: plugin {plugin:?} is PGSync Python code and is not run",
-                file.path.display(),
-                p.spec.path
+                "ok: index {}: plugins {} loaded",
+                p.spec.index,
+                chain.names().join(", ")
             );
         }
         println!(
@@ -60,12 +61,12 @@ async fn validate(cfg: &Config) -> Result<i32> {
 pub async fn run_once(cfg: &Config, recreate: bool) -> Result<i32> {
     let file = load_schema(cfg)?;
     let plans = resolve_all(cfg, &file).await?;
+    crate::plugin::load_for(cfg, &plans)?;
     let sink = Sink::from_config(cfg)?;
     sink.check().await?;
     let mut lost = 0;
     for plan in plans {
         let plan = Arc::new(plan);
-        plan.warn_plugins();
         sink.ensure_index(&plan.spec.index, &index_body(&plan), recreate)
             .await?;
         let rejections = Rejections::open(cfg, &sink, &plan.spec.index).await?;
@@ -86,7 +87,7 @@ pub async fn run_once(cfg: &Config, recreate: bool) -> Result<i32> {
     if lost > 0 && !skipping {
         return Err(Error::new(
             crate::ErrorKind::SinkRejected,
-            format!("{lost} document(s) were rejected by the search engine and not recorded; each is logged above with its _id and reason"),
+            format!("{lost} document(s) were not indexed and not recorded (rejected by the search engine, or a plugin failed on them); each is logged above with its _id and reason"),
         ));
     }
     Ok(0)

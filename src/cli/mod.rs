@@ -77,6 +77,11 @@ pub fn main() -> i32 {
     for w in &warnings {
         tracing::warn!("config: {w}");
     }
+    let mut cfg = cfg;
+    if let Err(e) = crate::plugin::apply_auth(&mut cfg) {
+        eprintln!("error: {e}");
+        return 2;
+    }
     let system = actix::System::new();
     let result = system.block_on(commands::dispatch(cli.command, cfg));
     match result {

@@ -36,6 +36,8 @@ pub struct Config {
     pub resilience: ResilienceConfig,
     /// What happens to documents the engine rejects for good.
     pub dead_letter: DeadLetterConfig,
+    /// Where PGSync's Python plugins are and how they run.
+    pub plugins: PluginsConfig,
 }
 
 /// Retries of transient faults (a service down or restarting, a stage that failed): the daemon
@@ -411,6 +413,28 @@ impl Default for LogConfig {
             format: LogFormat::Text,
             level: "info".into(),
             progress_interval_secs: 10,
+        }
+    }
+}
+
+/// PGSync plugin settings. Plugins run only for indices whose `schema.json` entry lists them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PluginsConfig {
+    /// The directory that is PGSync's `plugins` package (it holds the plugin modules), relative
+    /// to the working directory. When it does not exist, a `plugins` package importable from
+    /// `PYTHONPATH` is used, as PGSync does.
+    pub path: PathBuf,
+    /// OS threads running plugins. Python runs one thread at a time, so more than a few only
+    /// helps plugins that wait on I/O (which releases the interpreter lock).
+    pub threads: usize,
+}
+
+impl Default for PluginsConfig {
+    fn default() -> Self {
+        PluginsConfig {
+            path: PathBuf::from("./plugins"),
+            threads: 2,
         }
     }
 }

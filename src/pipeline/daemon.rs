@@ -88,6 +88,7 @@ async fn await_services(
     else {
         return Ok(None);
     };
+    crate::plugin::load_for(cfg, &plans)?;
     let sink = Sink::from_config(cfg)?;
     let engine = format!(
         "the search engine at {}",
@@ -177,7 +178,6 @@ async fn run_index_once(
     if stored.as_ref().is_some_and(|r| r.initial_sync_done) && !capture_exists(cfg, plan).await? {
         return Err(lost_capture(cfg, plan, &n.slot));
     }
-    plan.warn_plugins();
     let boot = bootstrap_index(cfg, plan).await?;
     tracing::info!(index = %index, "bootstrap: {}", boot.summary);
     let (uuid, created) = ensure_index(ix, stored.as_ref(), recreate).await?;

@@ -12,6 +12,7 @@
 use super::lanes::{Lanes, ReceiverStream};
 use super::messages::{Completion, DocChunk, FetchRequest, RootKey};
 use super::meta;
+use super::plugin_step::{self, HeldDocs};
 use super::progress::Stats;
 use super::stage::{Connector, Errors, StageGuard};
 use crate::schema::resolve::IndexPlan;
@@ -42,6 +43,8 @@ pub struct FetchSettings {
     /// Lane this fetcher writes to for key requests (change capture), so one `_id` stays on
     /// one writer; range requests go round-robin.
     pub lane: usize,
+    /// The index's plugins, when its schema entry lists some.
+    pub plugins: Option<Arc<crate::plugin::PluginChain>>,
 }
 
 /// The fetcher actor. Its input is a bounded channel attached as a stream.
@@ -203,6 +206,7 @@ impl Request {
             FetchRequest::Keys { .. } => "fetch-keys",
             _ => "fetch-range",
         })?;
+        plugin_step::check_loaded(&self.s.plan, self.s.plugins.as_deref())?;
         match req {
             FetchRequest::DeleteAll { completion } => {
                 let chunk = DocChunk {
@@ -304,6 +308,7 @@ impl Request {
             position,
             completion,
         };
+        let mut held = HeldDocs::default();
         while let Some(row) = rows.next().await {
             let row = row?;
             let id: &str = row.get(cols::ID);
@@ -311,44 +316,73 @@ impl Request {
             if let Some(k) = wanted.as_deref_mut().and_then(|w| w.remove(id)) {
                 self.delete_moved(&mut b, k, routing);
             }
-            self.push_document(&mut b, &row, id, routing)?;
-            if b.chunk.ids.len() >= self.s.chunk_docs || b.chunk.body.len() >= self.s.chunk_bytes {
-                let full = b.take();
-                self.stats.add_fetched(full.ids.len() as u64);
-                self.send(full, keyed).await?;
+            self.push_document(&mut b, &mut held, &row, id, routing)?;
+            if b.chunk.ids.len() + held.len() >= self.s.chunk_docs
+                || b.chunk.body.len() + held.bytes() >= self.s.chunk_bytes
+            {
+                self.flush_chunk(&mut b, &mut held, keyed).await?;
             }
         }
         if let Some(w) = wanted {
             self.delete_missing(&mut b, w);
         }
-        if !b.chunk.ids.is_empty() {
-            let last = b.take();
-            self.stats.add_fetched(last.ids.len() as u64);
-            self.send(last, keyed).await?;
-        }
+        self.flush_chunk(&mut b, &mut held, keyed).await?;
         if let Some(c) = b.completion.take() {
             c.done();
         }
         Ok(())
     }
 
-    /// Frames one document row as an index action.
+    /// Frames one document row as an index action, or holds it for the plugins.
     fn push_document(
         &self,
         b: &mut ChunkBuilder<'_>,
+        held: &mut HeldDocs,
         row: &tokio_postgres::Row,
         id: &str,
         routing: Option<&str>,
     ) -> Result<()> {
         let doc: &str = row.get(cols::DOC);
         let pipeline = self.s.plan.spec.pipeline.as_deref();
-        if self.s.with_meta {
-            let bytes = with_meta(doc, row.get(cols::META), id, b.index)?;
-            b.index(id, routing, pipeline, &bytes);
+        let folded;
+        let source = if self.s.with_meta {
+            folded = with_meta(doc, row.get(cols::META), id, b.index)?;
+            folded.as_slice()
         } else {
-            b.index(id, routing, pipeline, doc.as_bytes());
+            doc.as_bytes()
+        };
+        if self.s.plugins.is_some() {
+            held.push(id, routing, source);
+        } else {
+            b.index(id, routing, pipeline, source);
         }
         Ok(())
+    }
+
+    /// Runs the plugins over the held documents (if the index has plugins), frames what they
+    /// keep, and sends the chunk unless nothing is in it.
+    async fn flush_chunk(
+        &self,
+        b: &mut ChunkBuilder<'_>,
+        held: &mut HeldDocs,
+        keyed: bool,
+    ) -> Result<()> {
+        self.stats
+            .add_fetched((b.chunk.ids.len() + held.len()) as u64);
+        if let (Some(chain), false) = (&self.s.plugins, held.is_empty()) {
+            let (kept, refused) =
+                plugin_step::apply_plugins(chain, b.index, held, &self.stats).await;
+            let pipeline = self.s.plan.spec.pipeline.as_deref();
+            for k in kept {
+                b.index(&k.id, k.routing.as_deref(), pipeline, &k.source);
+            }
+            b.chunk.refused.extend(refused);
+        }
+        if b.chunk.ids.is_empty() && b.chunk.refused.is_empty() {
+            return Ok(());
+        }
+        let chunk = b.take();
+        self.send(chunk, keyed).await
     }
 
     /// A document whose routing changed is deleted where it was indexed before.

@@ -96,6 +96,7 @@ pub fn spawn_fetchers(
             chunk_docs: p.fetch_chunk.max(1).min(p.batch_docs.max(1)),
             chunk_bytes: p.batch_bytes.max(1024),
             lane,
+            plugins: crate::plugin::chain_for(&plan.spec.index),
         });
         let (out, stats, errors, connect) =
             (out.clone(), stats.clone(), errors.clone(), connect.clone());

@@ -68,4 +68,18 @@ pub struct DocChunk {
     pub barrier: bool,
     /// Delete every document of the index before writing this chunk.
     pub delete_all: bool,
+    /// Documents of this chunk that are not in `body` because a stage refused them (a plugin
+    /// failed on them); recorded like documents the engine rejects.
+    pub refused: Vec<Refused>,
+}
+
+/// A document refused before it reached the engine.
+#[derive(Debug, Clone)]
+pub struct Refused {
+    /// The document `_id`.
+    pub id: String,
+    /// Why, e.g. the plugin's Python traceback.
+    pub reason: String,
+    /// The document as it was built, when known.
+    pub document: Option<String>,
 }

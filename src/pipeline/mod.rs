@@ -14,6 +14,7 @@ pub mod lanes;
 pub mod messages;
 pub mod meta;
 pub mod planner;
+pub mod plugin_step;
 pub mod progress;
 pub mod query_builder;
 pub mod stage;

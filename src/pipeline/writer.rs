@@ -10,7 +10,7 @@
 //! holding an `_id` that one in flight also holds waits until those in flight are done: two
 //! versions of a document (say an index, then its delete) are always applied in the order written.
 
-use super::messages::{Completion, DocChunk};
+use super::messages::{Completion, DocChunk, Refused};
 use super::progress::Stats;
 use super::stage::{Errors, StageGuard};
 use crate::config::OnRejected;
@@ -101,6 +101,8 @@ struct Pending {
     /// `(end, position)`: actions before `end` (and after the previous span) answer to
     /// `position`.
     spans: Vec<(usize, Option<u64>)>,
+    /// Documents refused before the engine (a plugin failed), with their position.
+    refused: Vec<(Refused, Option<u64>)>,
 }
 
 impl Pending {
@@ -195,6 +197,10 @@ impl WriterLoop {
             pending.body.extend_from_slice(&chunk.body);
             pending.ids.extend(chunk.ids);
             pending.spans.push((pending.ids.len(), chunk.position));
+            let position = chunk.position;
+            pending
+                .refused
+                .extend(chunk.refused.into_iter().map(|r| (r, position)));
             pending.completions.extend(chunk.completion);
             if pending.ids.len() >= self.settings.batch_docs
                 || pending.body.len() >= self.settings.batch_bytes
@@ -231,7 +237,7 @@ impl WriterLoop {
     /// request in flight holds one of its `_id`s.
     async fn flush(&self, pending: &mut Pending, slots: &Arc<Semaphore>, in_flight: &InFlightIds) {
         let p = std::mem::take(pending);
-        if p.ids.is_empty() {
+        if p.ids.is_empty() && p.refused.is_empty() {
             // Nothing of theirs left to write: the completions' parts are done.
             p.completions.into_iter().for_each(Completion::done);
             return;
@@ -276,7 +282,12 @@ impl Shared {
     async fn write(&self, p: Pending) {
         let batch = BulkBatch::new(p.body.clone(), p.ids.clone());
         let bytes = batch.body.len() as u64;
-        let outcome = match self.sink.bulk(batch).await {
+        let sent = if batch.is_empty() {
+            Ok(BulkOutcome::default())
+        } else {
+            self.sink.bulk(batch).await
+        };
+        let outcome = match sent {
             Ok(o) => o,
             Err(e) => {
                 // The completions drop unsettled: nothing of this request is checkpointed.
@@ -304,23 +315,31 @@ impl Shared {
         let dl = &self.rejections.store;
         dl.accepted(p.ids.iter().filter(|id| !failed.contains(id.as_str())))
             .await?;
-        if outcome.failures.is_empty() {
+        if outcome.failures.is_empty() && p.refused.is_empty() {
             return Ok(());
         }
         self.stats.add_failed(outcome.failures.len() as u64);
         for f in &outcome.failures {
             tracing::error!(index = %self.index, id = %f.id, status = f.status, reason = %f.reason, "document rejected by the search engine");
         }
+        let mut failed: Vec<(ItemFailure, Option<u64>)> = outcome
+            .failures
+            .iter()
+            .map(|f| (f.clone(), p.position_of(f.position)))
+            .collect();
+        failed.extend(p.refused.iter().map(|(r, pos)| (refused_failure(r), *pos)));
         match self.rejections.policy {
-            OnRejected::Fail => Err(rejected_error(&self.index, &outcome.failures)),
+            OnRejected::Fail => {
+                let all: Vec<ItemFailure> = failed.into_iter().map(|(f, _)| f).collect();
+                Err(rejected_error(&self.index, &all))
+            }
             OnRejected::Skip => Ok(()),
             OnRejected::DeadLetter => {
-                let entries: Vec<Entry> = outcome
-                    .failures
+                let entries: Vec<Entry> = failed
                     .iter()
-                    .map(|f| {
-                        let at = match p.position_of(f.position) {
-                            Some(pos) => (self.rejections.describe)(pos),
+                    .map(|(f, pos)| {
+                        let at = match pos {
+                            Some(pos) => (self.rejections.describe)(*pos),
                             None => "initial sync".to_owned(),
                         };
                         Entry::new(&self.index, f, at)
@@ -331,6 +350,17 @@ impl Shared {
                 Ok(())
             }
         }
+    }
+}
+
+/// A refused document in the form of an engine rejection (status 0: the engine never saw it).
+fn refused_failure(r: &Refused) -> ItemFailure {
+    ItemFailure {
+        id: r.id.clone(),
+        position: 0,
+        status: 0,
+        reason: r.reason.clone(),
+        document: r.document.clone(),
     }
 }
 

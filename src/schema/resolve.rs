@@ -378,14 +378,6 @@ pub struct IndexPlan {
 }
 
 impl IndexPlan {
-    /// Logs that this index's PGSync plugins are not run, so an operator is not surprised by
-    /// documents a plugin would have changed.
-    pub fn warn_plugins(&self) {
-        for plugin in &self.spec.plugins {
-            tracing::warn!(index = %self.spec.index, plugin = %plugin, "PGSync plugins are Python code and are not run");
-        }
-    }
-
     /// The SQL type of `column` of `table`, `text` when unknown.
     pub fn column_type(&self, table: &TableId, column: &str) -> &str {
         self.column_types
