@@ -400,3 +400,54 @@ async fn other_statuses_are_rejections() {
     assert_eq!(e.kind, ErrorKind::SinkRejected);
     assert_eq!(srv.seen().len(), 2, "4xx is not retried");
 }
+
+/// What a root TRUNCATE sends, against Elasticsearch's documented task API (osmem runs
+/// delete-by-query at once, sees unrefreshed documents and has no `GET /_tasks/{id}`, so the
+/// order that matters on a real engine is checked here on the wire): a refresh first, since
+/// delete-by-query only sees refreshed documents; the query as a task; the task polled until it
+/// completed; nothing sent twice.
+#[tokio::test]
+async fn a_truncate_refreshes_first_then_deletes_by_query_as_a_task_and_waits_for_it() {
+    let srv = Scripted::start(vec![
+        (200, r#"{"_shards":{"total":1,"successful":1,"failed":0}}"#),
+        (200, r#"{"task":"node1:42"}"#),
+        (200, r#"{"completed":false,"task":{}}"#),
+        (
+            200,
+            r#"{"completed":true,"task":{},"response":{"deleted":3,"failures":[]}}"#,
+        ),
+    ])
+    .await;
+    let sink = Sink::from_config(&config(&srv.url)).unwrap();
+    sink.delete_all_documents("books").await.unwrap();
+    let lines: Vec<String> = srv.seen().into_iter().map(|s| s.request_line).collect();
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    assert!(lines[0].starts_with("POST /books/_refresh "), "{lines:?}");
+    assert!(
+        lines[1].starts_with("POST /books/_delete_by_query?")
+            && lines[1].contains("wait_for_completion=false")
+            && lines[1].contains("conflicts=proceed"),
+        "{lines:?}"
+    );
+    assert!(lines[2].starts_with("GET /_tasks/node1:42 "), "{lines:?}");
+    assert!(lines[3].starts_with("GET /_tasks/node1:42 "), "{lines:?}");
+}
+
+/// A delete-by-query task that finished with failures did not delete everything: an error,
+/// never a silent success.
+#[tokio::test]
+async fn a_truncate_whose_task_reports_failures_is_an_error() {
+    let srv = Scripted::start(vec![
+        (200, r#"{}"#),
+        (200, r#"{"task":"node1:7"}"#),
+        (
+            200,
+            r#"{"completed":true,"response":{"deleted":1,"failures":[{"cause":{"type":"x","reason":"shard down"}}]}}"#,
+        ),
+    ])
+    .await;
+    let sink = Sink::from_config(&config(&srv.url)).unwrap();
+    let e = sink.delete_all_documents("books").await.unwrap_err();
+    assert!(e.message.contains("1 failure(s)"), "{e}");
+    assert!(e.is_transient());
+}

@@ -24,13 +24,16 @@ pub fn names(cfg: &Config, plan: &IndexPlan) -> Names {
 }
 
 /// Tables that need REPLICA IDENTITY FULL: every table except one that appears only as the root
-/// (its key alone identifies the document; other tables need their old foreign-key values).
+/// of an unrouted index (its key alone identifies the document; other tables need their old
+/// foreign-key values, and a routed root its old routing value).
 pub fn full_identity_tables(plan: &IndexPlan) -> Vec<crate::schema::TableId> {
     let root = &plan.root.table;
     let elsewhere = plan.nodes().iter().skip(1).any(|(n, _)| &n.table == root);
+    // With routing, a deleted root row must say which shard its document is on.
+    let routed = plan.routing_field.is_some();
     plan.tables()
         .into_iter()
-        .filter(|t| t != root || elsewhere)
+        .filter(|t| t != root || elsewhere || routed)
         .collect()
 }
 

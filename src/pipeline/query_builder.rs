@@ -196,7 +196,7 @@ impl Work {
         plan: &IndexPlan,
         change: &Change,
         eff: &Effect,
-        routing_col: Option<&str>,
+        routing_col: Option<&RoutingColumn<'_>>,
     ) {
         if change.op == ChangeOp::Truncate {
             match eff {
@@ -210,7 +210,7 @@ impl Work {
             Effect::Root => {
                 for r in rows {
                     if let Some(v) = values(r, &plan.root.key) {
-                        let routing = routing_col.and_then(|c| r.get(c).cloned().flatten());
+                        let routing = routing_col.and_then(|c| c.of(r));
                         self.add_root(plan, v, routing);
                     }
                 }
@@ -244,12 +244,32 @@ impl Work {
     }
 }
 
-/// The routing column of the root, when routing is a plain column (its old value is then known
-/// from the change itself).
-fn routing_column(plan: &IndexPlan) -> Option<&str> {
+/// How the routing value of a root document follows from its row, when routing is a plain
+/// column (its old value is then known from the change itself): the column, and the `replace`
+/// pairs of its transform, applied as the document query applies them.
+struct RoutingColumn<'a> {
+    column: &'a str,
+    replace: &'a [(String, String)],
+}
+
+impl RoutingColumn<'_> {
+    fn of(&self, row: &Row) -> Option<String> {
+        let raw = row.get(self.column).cloned().flatten()?;
+        Some(
+            self.replace
+                .iter()
+                .fold(raw, |v, (old, new)| v.replace(old.as_str(), new)),
+        )
+    }
+}
+
+fn routing_column(plan: &IndexPlan) -> Option<RoutingColumn<'_>> {
     let i = plan.routing_field?;
     match &plan.root.fields[i].source {
-        FieldSource::Column { expr, .. } if expr.steps.is_empty() => Some(expr.column.as_str()),
+        FieldSource::Column { expr, replace, .. } if expr.steps.is_empty() => Some(RoutingColumn {
+            column: expr.column.as_str(),
+            replace,
+        }),
         _ => None,
     }
 }
@@ -269,7 +289,7 @@ impl Resolver {
         for change in changes {
             let effs = self.effects_of(plan, &change.table);
             for eff in effs.iter() {
-                work.add_change(plan, change, eff, routing_col);
+                work.add_change(plan, change, eff, routing_col.as_ref());
             }
         }
         for (sql, (ncols, tuples)) in std::mem::take(&mut work.lookups) {

@@ -10,6 +10,7 @@ pub mod dead_letter;
 mod file;
 mod response;
 mod search;
+mod truncate;
 
 pub use actions::{push_delete_action, push_index_action, Target};
 pub use elasticsearch::http::Method;

@@ -413,28 +413,6 @@ impl SearchSink {
         }
     }
 
-    /// `POST /{index}/_delete_by_query` matching everything (the root table was truncated);
-    /// a missing index is fine.
-    pub async fn delete_all_documents(&self, index: &str) -> Result<()> {
-        let path = index_path(index, "/_delete_by_query?refresh=true&conflicts=proceed")?;
-        let mut retries = 0;
-        let a = self
-            .request(
-                Method::Post,
-                &path,
-                Some("application/json"),
-                Some(Bytes::from_static(br#"{"query":{"match_all":{}}}"#)),
-                &mut retries,
-                self.inner.max_retries,
-            )
-            .await?;
-        if a.ok() || a.status == 404 {
-            Ok(())
-        } else {
-            Err(self.status_error("POST", &path, &a))
-        }
-    }
-
     /// Sends a JSON request (retrying connection errors, 429 and 5xx like every request) and
     /// returns the status with the parsed body (`null` when empty or not JSON), for the small
     /// administrative requests: searches, counts, aliases, tasks.
@@ -444,11 +422,24 @@ impl SearchSink {
         path: &str,
         body: Option<&serde_json::Value>,
     ) -> Result<(u16, serde_json::Value)> {
+        self.json_retrying(method, path, body, self.inner.max_retries)
+            .await
+    }
+
+    /// [`SearchSink::json`] with its own retry budget (0: one attempt, for requests that must
+    /// not run twice).
+    pub(super) async fn json_retrying(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+        max_retries: u32,
+    ) -> Result<(u16, serde_json::Value)> {
         let body = body.map(|b| Bytes::from(serde_json::to_vec(b).expect("JSON serializes")));
         let ct = body.as_ref().map(|_| "application/json");
         let mut retries = 0;
         let a = self
-            .request(method, path, ct, body, &mut retries, self.inner.max_retries)
+            .request(method, path, ct, body, &mut retries, max_retries)
             .await?;
         let v = serde_json::from_slice(&a.body).unwrap_or(serde_json::Value::Null);
         Ok((a.status, v))
@@ -654,7 +645,7 @@ fn backoff(base: Duration, n: u32) -> Duration {
 
 /// `/{index}{suffix}` after checking the name cannot address anything else: no wildcards, commas
 /// or path characters (a `*` would make `delete_index` delete every index).
-fn index_path(index: &str, suffix: &str) -> Result<String> {
+pub(super) fn index_path(index: &str, suffix: &str) -> Result<String> {
     const FORBIDDEN: &[char] = &[
         '*', '?', ',', '/', '\\', '"', '<', '>', '|', ' ', '#', ':', '%',
     ];
