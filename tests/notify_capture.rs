@@ -202,3 +202,50 @@ fn truncate_and_key_changes_in_notify_mode_match_a_fresh_build() {
         d.log_tail()
     );
 }
+
+/// An application role that may write the tables but has no right on the change log (nor to
+/// create anything) still has its changes captured: the trigger functions run as the role that
+/// bootstrapped them, with a pinned search_path.
+#[test]
+fn changes_by_an_application_role_without_rights_on_the_change_log_are_captured() {
+    let s = setup("notify_app_role");
+    let mut d = s.streaming_daemon("daemon.log");
+    let role = format!("app_{}", s.db);
+    s.sql(&format!(
+        "CREATE ROLE {role};
+         GRANT USAGE ON SCHEMA public, press TO {role};
+         GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public, press TO {role};"
+    ));
+    let logs = s.sql(
+        "SELECT string_agg(format('public.%I', relname), ', ') FROM pg_class \
+         WHERE relkind = 'r' AND relname LIKE 'pgsync\\_%\\_log'",
+    );
+    s.sql(&format!(
+        "REVOKE ALL ON {logs} FROM {role}; REVOKE CREATE ON SCHEMA public FROM PUBLIC;"
+    ));
+    // As the application role: the write succeeds and its trigger logs it.
+    s.sql(&format!(
+        "SET ROLE {role}; UPDATE book SET title = 'Written by the app' WHERE id = 1; RESET ROLE;"
+    ));
+    harness::wait_until_blocking(CONVERGE, "the app role's change is indexed", || {
+        d.check_alive().unwrap_or_else(|e| panic!("{e}"));
+        s.os.doc("book", "1")
+            .is_some_and(|doc| doc["book_title"] == "Written by the app")
+    });
+    // The role cannot read the change log itself.
+    let denied = std::process::Command::new(harness::pg_bin_dir().join("psql"))
+        .args(["-X", "-At", "-d"])
+        .arg(s.pg.url(&s.db))
+        .arg("-c")
+        .arg(format!("SET ROLE {role}; SELECT count(*) FROM {logs}"))
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&denied.stderr).contains("permission denied"),
+        "the role must not read the change log: {denied:?}"
+    );
+    d.terminate(Duration::from_secs(30));
+    s.sql(&format!(
+        "REASSIGN OWNED BY {role} TO postgres; DROP OWNED BY {role}; DROP ROLE {role};"
+    ));
+}

@@ -146,15 +146,44 @@ fn row_json(r: &str, cols: &[String]) -> String {
     parts.join(" || ")
 }
 
-/// The trigger function for one table. `SET` clauses pin the text format of values to what the
-/// initial load and the WAL reader see, whatever the writing session's settings are.
+/// The trigger function for one table. It runs as its owner (`SECURITY DEFINER`, the role that
+/// bootstrapped), so application roles that write the tables need no rights on the change log,
+/// with `search_path` pinned so nothing the writing session put on its path can stand in for
+/// what the body calls. `SET` clauses pin the text format of values to what the initial load and
+/// the WAL reader see, whatever the writing session's settings are.
 fn function_sql(names: &LogNames, table: &TableId, cols: &[String]) -> String {
-    let log = names.log_sql();
+    let body = function_body(names, cols);
+    let tag = dollar_tag(&body);
     format!(
         "CREATE OR REPLACE FUNCTION {schema}.{func}() RETURNS trigger LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 SET datestyle = 'ISO, MDY' SET timezone = 'UTC' SET intervalstyle = 'postgres'
 SET extra_float_digits = 1 SET bytea_output = 'hex'
-AS $pgsync$
+AS {tag}{body}{tag}",
+        schema = quote_ident(&names.schema),
+        func = quote_ident(&names.function(table)),
+    )
+}
+
+/// A dollar-quoting tag that does not occur in `body` (a column may be called anything,
+/// `$pgsync$` included).
+fn dollar_tag(body: &str) -> String {
+    (0..)
+        .map(|n| {
+            if n == 0 {
+                "$pgsync$".to_owned()
+            } else {
+                format!("$pgsync{n}$")
+            }
+        })
+        .find(|t| !body.contains(t.as_str()))
+        .expect("some tag is free")
+}
+
+fn function_body(names: &LogNames, cols: &[String]) -> String {
+    let log = names.log_sql();
+    format!(
+        "
 BEGIN
   IF TG_OP = 'TRUNCATE' THEN
     INSERT INTO {log} (tbl_schema, tbl_name, op) VALUES (TG_TABLE_SCHEMA, TG_TABLE_NAME, 'T');
@@ -168,9 +197,7 @@ BEGIN
   PERFORM pg_notify({channel}, '');
   RETURN NULL;
 END
-$pgsync$",
-        schema = quote_ident(&names.schema),
-        func = quote_ident(&names.function(table)),
+",
         new = row_json("NEW", cols),
         old = row_json("OLD", cols),
         channel = quote_literal(&names.channel),
@@ -702,6 +729,21 @@ mod tests {
         let sql = row_json("OLD", &many);
         assert_eq!(sql.matches("jsonb_build_object(").count(), 3);
         assert_eq!(row_json("OLD", &[]), "'{}'::jsonb");
+    }
+
+    #[test]
+    fn a_column_named_like_the_dollar_tag_cannot_end_the_function_body() {
+        let names = LogNames::new("pgsync", "db", "books");
+        let cols = vec![
+            "id".to_owned(),
+            "x$pgsync$y".to_owned(),
+            "$pgsync1$".to_owned(),
+        ];
+        let sql = function_sql(&names, &TableId::new("public", "book"), &cols);
+        let tag = "$pgsync2$";
+        assert!(sql.contains(&format!("AS {tag}\nBEGIN")), "{sql}");
+        assert_eq!(sql.matches(tag).count(), 2, "{sql}");
+        assert!(sql.contains("SECURITY DEFINER SET search_path = pg_catalog, pg_temp"));
     }
 
     #[test]
