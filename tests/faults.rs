@@ -411,3 +411,36 @@ fn an_injected_failing_fetch_and_an_injected_panicking_fetch_lose_nothing() {
     s.expect_fresh_build("after an injected failure and an injected panic");
     report_outages(&mut s, "injected faults");
 }
+
+#[test]
+fn a_daemon_started_before_its_search_engine_waits_for_it_then_syncs() {
+    let mut s = bed("f_wait", Mode::Wal, "");
+    let port = s.os.port();
+    s.os.kill();
+    let mut d = Daemon::start(&s.work, "daemon.log");
+    let waiting = poll(START_TIMEOUT, || {
+        d.check_alive()?;
+        Ok(d.log().contains("waiting for the search engine at"))
+    });
+    assert_eq!(
+        waiting,
+        Ok(true),
+        "the daemon must say what it waits for\n{}",
+        d.log_tail()
+    );
+    let line = d
+        .log()
+        .lines()
+        .find(|l| l.contains("waiting for"))
+        .unwrap()
+        .to_owned();
+    eprintln!("{line}");
+    assert!(
+        line.contains(&format!("127.0.0.1:{port}")),
+        "names the engine: {line}"
+    );
+    s.os = Osmem::start_on(port);
+    s.daemon = Some(d);
+    s.expect(&common::expected_documents(), "once the engine is up");
+    assert!(s.daemon().log().contains("is up after"));
+}

@@ -348,7 +348,12 @@ struct Setup {
 impl Setup {
     /// Starts a daemon and waits until it holds the lock and streams every index.
     fn start_leader(&self, redis: &Redis, name: &str) -> Daemon {
-        let mut d = Daemon::start(&self.work, name);
+        self.start_leader_with_env(redis, name, &[])
+    }
+
+    /// Like [`Setup::start_leader`], with extra environment variables (e.g. `FAILPOINTS`).
+    fn start_leader_with_env(&self, redis: &Redis, name: &str, env: &[(&str, &str)]) -> Daemon {
+        let mut d = Daemon::start_with_env(&self.work, name, env);
         poll(
             Duration::from_secs(60),
             &format!("daemon {name} leads and streams"),
@@ -677,4 +682,74 @@ fn leader_stops_with_an_error_when_its_lock_is_taken() {
     assert!(log.contains("intruder-host:1:0"), "{log}");
     assert!(log.contains("hint:"), "{log}");
     s.drop_database();
+}
+
+/// A leader frozen (SIGSTOP) past its lock's lifetime with a document already built, then
+/// resumed, cannot overwrite what the new leader wrote meanwhile: its write carries the older
+/// version (the WAL position of its snapshot) and the engine keeps the newer one. The old leader
+/// holds its built document in a 3 s pause before the bulk request (fault point `stream-write`),
+/// during which it is frozen.
+#[test]
+fn a_leader_frozen_past_its_lock_ttl_cannot_overwrite_what_the_new_leader_wrote() {
+    let redis = Redis::start();
+    let s = Setup::new("leader_frozen", &redis, 1000);
+    let mut a = s.start_leader_with_env(
+        &redis,
+        "a",
+        &[("FAILPOINTS", "stream-write=1*return(3000)")],
+    );
+    let mut b = Daemon::start(&s.work, "b");
+    poll(
+        Duration::from_secs(30),
+        "b is a standby",
+        b.logger(),
+        || {
+            b.assert_alive("b starting");
+            b.log().matches("standby").count() >= 2
+        },
+    );
+    s.pg.psql(&s.db, "UPDATE book SET title = 'Old' WHERE id = 1");
+    poll(
+        Duration::from_secs(30),
+        "a built the old document",
+        a.logger(),
+        || a.log().contains("fault point: pausing"),
+    );
+    common::daemon::signal(a.pid(), "STOP");
+    poll(Duration::from_secs(30), "b takes over", b.logger(), || {
+        b.assert_alive("b taking over");
+        s.leads(&redis, b.pid()) && s.captures_all(&b.log())
+    });
+    s.pg.psql(&s.db, "UPDATE book SET title = 'New' WHERE id = 1");
+    let title = |os: &Osmem| os.doc("book", "1").map(|d| d["book_title"].clone());
+    poll(
+        Duration::from_secs(30),
+        "b indexes the new title",
+        b.logger(),
+        || title(&s.os) == Some(Value::from("New")),
+    );
+    common::daemon::signal(a.pid(), "CONT");
+    let status = a.wait_exit(Duration::from_secs(30));
+    assert!(
+        !status.success(),
+        "a lost its lock: it must exit non-zero\n{}",
+        a.log()
+    );
+    let refused = a.log().contains("already held newer versions");
+    eprintln!(
+        "the old leader {} its stale document before it stopped",
+        if refused {
+            "sent (and the engine refused)"
+        } else {
+            "never sent"
+        }
+    );
+    s.os.refresh("book");
+    assert_eq!(
+        title(&s.os),
+        Some(Value::from("New")),
+        "the stale write won\n{}",
+        a.log()
+    );
+    b.assert_alive("after the old leader resumed");
 }

@@ -451,3 +451,56 @@ async fn a_truncate_whose_task_reports_failures_is_an_error() {
     assert!(e.message.contains("1 failure(s)"), "{e}");
     assert!(e.is_transient());
 }
+
+/// Versioned writes on a real engine: an index or delete carrying an older version than the
+/// document's is refused (409, counted as stale, never a failure), an equal one is applied
+/// (a replay writes the same rows again), and a delete leaves a tombstone that refuses an older
+/// index for as long as the engine keeps it (`index.gc_deletes`, 60 s by default).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_version_never_overwrites_a_newer_document_or_delete() {
+    let os = Osmem::start();
+    let sink = Sink::from_config(&config(os.url())).unwrap();
+    sink.ensure_index("books", &books_body(), false)
+        .await
+        .unwrap();
+    let write = |actions: Vec<(&'static str, Option<serde_json::Value>, u64)>| {
+        let mut buf = Vec::new();
+        let mut ids = Vec::new();
+        for (id, doc, v) in actions {
+            let t = Target::new("books", id).version(Some(v));
+            match doc {
+                Some(d) => push_index_action(&mut buf, t, None, d.to_string().as_bytes()),
+                None => push_delete_action(&mut buf, t),
+            }
+            ids.push(id.to_string());
+        }
+        let sink = sink.clone();
+        async move { sink.bulk(BulkBatch::new(buf, ids)).await.unwrap() }
+    };
+    let out = write(vec![("1", Some(json!({"n": 2, "title": "newer"})), 200)]).await;
+    assert_eq!((out.succeeded, out.stale), (1, 0), "{out:?}");
+    let out = write(vec![
+        ("1", Some(json!({"n": 1, "title": "older"})), 100),
+        ("1", None, 150),
+    ])
+    .await;
+    assert_eq!(
+        (out.succeeded, out.stale, out.failures.len()),
+        (0, 2, 0),
+        "{out:?}"
+    );
+    assert_eq!(os.doc("books", "1").unwrap()["title"], "newer");
+    let out = write(vec![("1", Some(json!({"n": 2, "title": "newer"})), 200)]).await;
+    assert_eq!(
+        (out.succeeded, out.stale),
+        (1, 0),
+        "an equal version is a replay: applied"
+    );
+    let out = write(vec![
+        ("1", None, 300),
+        ("1", Some(json!({"n": 0, "title": "stale"})), 250),
+    ])
+    .await;
+    assert_eq!((out.succeeded, out.stale), (1, 1), "{out:?}");
+    assert!(os.doc("books", "1").is_none(), "the versioned delete stays");
+}

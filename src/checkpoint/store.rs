@@ -261,38 +261,35 @@ where
 {
     let started = Instant::now();
     let mut delay = Duration::from_millis(100);
-    let mut failures = 0u32;
+    let mut outage = crate::outage::Outage::new(format!("checkpoint {key} in Redis ({what})"));
     loop {
         let e = match f().await {
             Ok(v) => {
-                if failures > 0 {
-                    tracing::info!(checkpoint = %key, failures, "Redis is reachable again; checkpoint {what} done");
-                }
+                outage.recovered();
                 return Ok(v);
             }
             Err(e) => e,
         };
-        let fail = |e: &fred::error::Error| {
-            Error::new(
-                ErrorKind::Checkpoint,
-                format!(
-                    "checkpoint {key}: cannot {what} it in Redis: {}",
-                    e.details()
-                ),
-            )
-            .with_hint("check checkpoint.redis_url (or REDIS_URL) and that Redis/Valkey is up")
-        };
-        if !is_transient(&e) || patience.is_some_and(|p| started.elapsed() >= p) {
-            return Err(fail(&e));
+        let err = Error::new(
+            ErrorKind::Checkpoint,
+            format!(
+                "checkpoint {key}: cannot {what} it in Redis: {}",
+                e.details()
+            ),
+        )
+        .with_hint("check checkpoint.redis_url (or REDIS_URL) and that Redis/Valkey is up");
+        if !is_transient(&e) {
+            // Needs an operator: a wrong password, or something else stored at our key.
+            let kind = match e.kind() {
+                fred::error::ErrorKind::Auth => ErrorKind::Auth,
+                _ => ErrorKind::Config,
+            };
+            return Err(Error { kind, ..err });
         }
-        failures += 1;
-        tracing::warn!(
-            checkpoint = %key,
-            attempt = failures,
-            retry_in_ms = delay.as_millis() as u64,
-            error = %e.details(),
-            "checkpoint {what} in Redis failed; retrying"
-        );
+        if patience.is_some_and(|p| started.elapsed() >= p) {
+            return Err(err);
+        }
+        outage.failed(&err, delay);
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(5));
     }

@@ -414,6 +414,16 @@ async fn wait_for_previous_leader(cfg: &Config, plan: &IndexPlan) {
             _ => return,
         }
     }
+    // Still held: the previous leader is frozen or cut off, its walsender waiting out
+    // wal_sender_timeout. This daemon holds the lock, so that connection is not a leader's.
+    let ended = client
+        .query_one(
+            "SELECT count(pg_terminate_backend(active_pid)) FROM pg_replication_slots \
+             WHERE slot_name = $1 AND active_pid IS NOT NULL",
+            &[&slot_name],
+        )
+        .await;
+    tracing::warn!(slot = %slot_name, terminated = ?ended.ok().map(|r| r.get::<_, i64>(0)), "the previous leader's replication connection did not end within {patience:?}: terminated it (this daemon holds the lock)");
 }
 
 async fn wait_for_signal() {
