@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 /// a watchdog does so if the test process dies first.
 pub struct Redis {
     port: AtomicU16,
+    /// More `redis-server` arguments, from [`Redis::start_with`].
+    args: Vec<String>,
     running: Mutex<Option<Supervised>>,
     dir: tempfile::TempDir,
 }
@@ -36,12 +38,19 @@ pub enum Resp {
 impl Redis {
     /// Starts on a free port and waits until PING answers.
     pub fn start() -> Redis {
+        Redis::start_with(Vec::new())
+    }
+
+    /// Like [`Redis::start`] with more `redis-server` arguments (e.g. `--tls-port`, `--user`);
+    /// the plain port stays open for the harness's own commands.
+    pub fn start_with(args: Vec<String>) -> Redis {
         let dir = tempfile::Builder::new()
             .prefix("pgsync-test-redis-")
             .tempdir()
             .expect("create redis temp dir");
         let redis = Redis {
             port: AtomicU16::new(free_port()),
+            args,
             running: Mutex::new(None),
             dir,
         };
@@ -116,6 +125,7 @@ impl Redis {
             cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
                 .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
                 .args(["--logfile", ""])
+                .args(&self.args)
                 .arg("--dir")
                 .arg(self.dir.path())
                 .current_dir(self.dir.path());
