@@ -112,7 +112,8 @@ async fn wait_for_previous_leader(cfg: &Config, plan: &IndexPlan) {
     }
 }
 
-async fn wait_for_signal() {
+/// Resolves on SIGTERM or SIGINT (the one-shot catch-up pass of the command line stops on them too).
+pub async fn wait_for_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
@@ -135,20 +136,46 @@ pub async fn run_index(
     plan: Arc<IndexPlan>,
     sink: Sink,
     store: Store,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
     recreate: bool,
 ) -> Result<()> {
+    let prepared = prepare_index(cfg, &plan, &sink, &store, recreate).await?;
+    stream_index(cfg, plan, sink, store, prepared.start, stop)
+        .await
+        .map(|_| ())
+}
+
+/// What [`prepare_index`] did.
+pub struct Prepared {
+    /// Where streaming starts.
+    pub start: u64,
+    /// The initial sync's summary, when one ran.
+    pub initial: Option<super::progress::Summary>,
+}
+
+/// [`run_index`]'s first half (also used by the command line's one-shot pass): bootstrap, the
+/// index, and the initial sync when there is no checkpoint.
+pub async fn prepare_index(
+    cfg: &Config,
+    plan: &Arc<IndexPlan>,
+    sink: &Sink,
+    store: &Store,
+    recreate: bool,
+) -> Result<Prepared> {
     let index = plan.spec.index.clone();
     plan.warn_plugins();
-    let boot = bootstrap_index(cfg, &plan).await?;
+    let boot = bootstrap_index(cfg, plan).await?;
     tracing::info!(index = %index, "bootstrap: {}", boot.summary);
-    let n = names(cfg, &plan);
+    let n = names(cfg, plan);
     let created = sink
-        .ensure_index(&index, &index_body(&plan), recreate)
+        .ensure_index(&index, &index_body(plan), recreate)
         .await?;
     let cp = store.load(&n.slot).await?;
-    let start = match cp {
-        Some(c) if c.initial_sync_done && !recreate && !boot.created && !created => c.position,
+    Ok(match cp {
+        Some(c) if c.initial_sync_done && !recreate && !boot.created && !created => Prepared {
+            start: c.position,
+            initial: None,
+        },
         _ => {
             // The slot (or the triggers) exist before the snapshot the sync reads, so every
             // change committed after it is also streamed afterwards and re-applied from the
@@ -158,9 +185,26 @@ pub async fn run_index(
             store
                 .save(&n.slot, &CheckpointRecord::at(boot.start))
                 .await?;
-            boot.start
+            Prepared {
+                start: boot.start,
+                initial: Some(summary),
+            }
         }
-    };
+    })
+}
+
+/// [`run_index`]'s second half: streams from `start` until `stop` turns true; returns how many
+/// documents the search engine rejected meanwhile.
+pub async fn stream_index(
+    cfg: &Config,
+    plan: Arc<IndexPlan>,
+    sink: Sink,
+    store: Store,
+    start: u64,
+    mut stop: watch::Receiver<bool>,
+) -> Result<u64> {
+    let index = plan.spec.index.clone();
+    let n = names(cfg, &plan);
     let shown = match cfg.capture.mode {
         CaptureMode::Wal => slot::format_lsn(start),
         CaptureMode::Notify => format!("xid {start}"),
@@ -286,5 +330,5 @@ pub async fn run_index(
         }
     }
     tracing::info!(index = %index, checkpoint = last, "stopped cleanly");
-    Ok(())
+    Ok(stats.failed())
 }
