@@ -23,7 +23,7 @@ pub use postgres::{
     pg_bin_dir, quote_ident, shared_postgres, unique_db_name, Postgres, PostgresOptions, ServerSsl,
 };
 pub use process::{free_port, Watchdog};
-pub use redis::{redis_cmd, Redis, Resp};
+pub use redis::{redis_cmd, redis_cmd_as, Redis, Resp};
 pub use tls::{CertFiles, TestCa};
 
 use std::future::Future;
