@@ -201,9 +201,9 @@ pub(super) fn pgsync_layer(env: &Env) -> Result<(EnvLayer, Unused)> {
     }
     postgres(env, &mut l, &mut unused);
     search_url(env, &mut l)?;
-    search_auth(env, &mut l)?;
+    search_auth(env, &mut l, &mut unused)?;
     engine(env, &mut l)?;
-    redis(env, &mut l)?;
+    redis(env, &mut l, &mut unused)?;
     capture(env, &mut l)?;
     logging(env, &mut l, &mut unused);
     driver(env, &mut unused)?;
@@ -372,7 +372,7 @@ fn bracket_ipv6(host: &str) -> String {
 
 /// ELASTICSEARCH_USER/PASSWORD, ELASTICSEARCH_HTTP_AUTH (`user,password`),
 /// ELASTICSEARCH_BASIC_AUTH (`user:password`, or base64 of it) and the API key.
-fn search_auth(env: &Env, l: &mut EnvLayer) -> Result<()> {
+fn search_auth(env: &Env, l: &mut EnvLayer, unused: &mut Unused) -> Result<()> {
     let get = |n: &str| env.get(n).map(String::as_str);
     let pair = match (
         get("ELASTICSEARCH_HTTP_AUTH"),
@@ -396,6 +396,11 @@ fn search_auth(env: &Env, l: &mut EnvLayer) -> Result<()> {
     }
     if let Some(v) = get("ELASTICSEARCH_PASSWORD") {
         l.set("search", "password", v, "ELASTICSEARCH_PASSWORD");
+    }
+    if get("ELASTICSEARCH_API_KEY").is_none() && get("ELASTICSEARCH_API_KEY_ID").is_some() {
+        unused
+            .no_effect
+            .push("ELASTICSEARCH_API_KEY_ID (it needs ELASTICSEARCH_API_KEY, as in PGSync)".into());
     }
     if let Some(key) = get("ELASTICSEARCH_API_KEY") {
         // PGSync takes the id and the key separately; the sink understands `id:key`.
@@ -475,7 +480,7 @@ fn engine(env: &Env, l: &mut EnvLayer) -> Result<()> {
 
 /// REDIS_URL, else REDIS_SCHEME/HOST/PORT/DB/USER/AUTH with PGSync's defaults; REDIS_CHECKPOINT
 /// picks the Redis checkpoint store.
-fn redis(env: &Env, l: &mut EnvLayer) -> Result<()> {
+fn redis(env: &Env, l: &mut EnvLayer, unused: &mut Unused) -> Result<()> {
     let get = |n: &str| env.get(n).map(String::as_str);
     let store_in_redis = match get("REDIS_CHECKPOINT") {
         Some(v) => {
@@ -523,7 +528,14 @@ fn redis(env: &Env, l: &mut EnvLayer) -> Result<()> {
         (Some(u), Some(p)) => format!("{}:{}@", userinfo(u), userinfo(p)),
         (None, Some(p)) => format!(":{}@", userinfo(p)),
         // PGSync sends a user only together with a password.
-        (_, None) => String::new(),
+        (user, None) => {
+            if user.is_some() {
+                unused
+                    .no_effect
+                    .push("REDIS_USER (PGSync sends a user only together with REDIS_AUTH)".into());
+            }
+            String::new()
+        }
     };
     let host = bracket_ipv6(get("REDIS_HOST").unwrap_or("localhost"));
     l.set(
@@ -647,5 +659,248 @@ fn driver(env: &Env, unused: &mut Unused) -> Result<()> {
                 .push("PG_DRIVER (the PostgreSQL client is built in)".into());
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{load_with, Config};
+
+    /// Every variable PGSync 7.3's settings.py reads, with a value that differs from its default
+    /// here.
+    const SETTINGS: &[(&str, &str)] = &[
+        ("BLOCK_SIZE", "100"),
+        ("CHECKPOINT_PATH", "/var/lib/pgsync"),
+        ("CONSOLE_LOGGING_HANDLER_MIN_LEVEL", "DEBUG"),
+        ("CUSTOM_LOGGING", "pgsync=DEBUG,elasticsearch=WARNING"),
+        ("ELASTICSEARCH", "false"),
+        ("ELASTICSEARCH_API_KEY", "k"),
+        ("ELASTICSEARCH_API_KEY_ID", "id"),
+        ("ELASTICSEARCH_AWS_HOSTED", "true"),
+        ("ELASTICSEARCH_AWS_REGION", "eu-west-1"),
+        ("ELASTICSEARCH_BASIC_AUTH", "dXNlcjpwdw=="),
+        ("ELASTICSEARCH_BEARER_AUTH", "token"),
+        ("ELASTICSEARCH_CA_CERTS", "/ca.pem"),
+        ("ELASTICSEARCH_CHUNK_SIZE", "77"),
+        ("ELASTICSEARCH_CLIENT_CERT", "/c.pem"),
+        ("ELASTICSEARCH_CLIENT_KEY", "/k.pem"),
+        ("ELASTICSEARCH_CLOUD_ID", "cloud:abc"),
+        ("ELASTICSEARCH_HOST", "es"),
+        ("ELASTICSEARCH_HTTP_AUTH", "user,pw"),
+        ("ELASTICSEARCH_HTTP_COMPRESS", "true"),
+        ("ELASTICSEARCH_IGNORE_STATUS", "404,409"),
+        ("ELASTICSEARCH_INITIAL_BACKOFF", "2"),
+        ("ELASTICSEARCH_MAX_BACKOFF", "600"),
+        ("ELASTICSEARCH_MAX_CHUNK_BYTES", "1048576"),
+        ("ELASTICSEARCH_MAX_RETRIES", "3"),
+        ("ELASTICSEARCH_OPAQUE_ID", "x"),
+        ("ELASTICSEARCH_PASSWORD", "pw"),
+        ("ELASTICSEARCH_POOL_MAXSIZE", "10"),
+        ("ELASTICSEARCH_PORT", "9300"),
+        ("ELASTICSEARCH_QUEUE_SIZE", "5"),
+        ("ELASTICSEARCH_RAISE_ON_ERROR", "false"),
+        ("ELASTICSEARCH_RAISE_ON_EXCEPTION", "false"),
+        ("ELASTICSEARCH_SCHEME", "https"),
+        ("ELASTICSEARCH_SSL_ASSERT_FINGERPRINT", "ab:cd"),
+        ("ELASTICSEARCH_SSL_ASSERT_HOSTNAME", "es"),
+        ("ELASTICSEARCH_SSL_CONTEXT", "x"),
+        ("ELASTICSEARCH_SSL_SHOW_WARN", "true"),
+        ("ELASTICSEARCH_SSL_VERSION", "3"),
+        ("ELASTICSEARCH_STREAMING_BULK", "true"),
+        ("ELASTICSEARCH_THREAD_COUNT", "6"),
+        ("ELASTICSEARCH_TIMEOUT", "10"),
+        ("ELASTICSEARCH_URL", "http://es:9200"),
+        ("ELASTICSEARCH_USER", "elastic"),
+        ("ELASTICSEARCH_USE_SSL", "true"),
+        ("ELASTICSEARCH_VERIFY_CERTS", "false"),
+        ("FILTER_CHUNK_SIZE", "10"),
+        ("FORMAT_WITH_COMMAS", "false"),
+        ("GENERAL_LOGGING_LEVEL", "ERROR"),
+        ("JOIN_QUERIES", "true"),
+        ("LOGICAL_SLOT_CHUNK_SIZE", "10"),
+        ("LOG_HANDLERS", "console"),
+        ("LOG_INTERVAL", "0.5"),
+        ("MYSQL_DATABASE", "x"),
+        ("NUM_WORKERS", "5"),
+        ("OPENSEARCH", "true"),
+        ("OPENSEARCH_AWS_HOSTED", "true"),
+        ("OPENSEARCH_AWS_SERVERLESS", "true"),
+        ("PG_DATABASE", "defaultdb"),
+        ("PG_DRIVER", "psycopg2"),
+        ("PG_HOST", "db"),
+        ("PG_HOST_RO", "replica"),
+        ("PG_PASSWORD", "pw"),
+        ("PG_PASSWORD_RO", "pw"),
+        ("PG_PORT", "6543"),
+        ("PG_PORT_RO", "6543"),
+        ("PG_SSLMODE", "require"),
+        ("PG_SSLMODE_RO", "require"),
+        ("PG_SSLROOTCERT", "@rootcert"),
+        ("PG_SSLROOTCERT_RO", "/ca.pem"),
+        ("PG_URL", "postgres://u@db/x"),
+        ("PG_URL_RO", "postgres://u@replica/x"),
+        ("PG_USER", "app"),
+        ("PG_USER_RO", "ro"),
+        ("PG_WORK_MEM", "16MB"),
+        ("POLLING", "true"),
+        ("POLL_INTERVAL", "0.5"),
+        ("POLL_TIMEOUT", "0.5"),
+        ("QUERY_CHUNK_SIZE", "500"),
+        ("QUERY_LITERAL_BINDS", "true"),
+        ("REDIS_AUTH", "pw"),
+        ("REDIS_CHECKPOINT", "true"),
+        ("REDIS_DB", "1"),
+        ("REDIS_HOST", "cache"),
+        ("REDIS_POLL_INTERVAL", "1"),
+        ("REDIS_PORT", "6380"),
+        ("REDIS_READ_CHUNK_SIZE", "1"),
+        ("REDIS_RETRY_ON_TIMEOUT", "true"),
+        ("REDIS_SCHEME", "rediss"),
+        ("REDIS_SOCKET_TIMEOUT", "1"),
+        ("REDIS_URL", "redis://cache:6379/0"),
+        ("REDIS_USER", "app"),
+        ("REDIS_WRITE_CHUNK_SIZE", "1"),
+        ("REPLICATION_SLOT_CLEANUP_INTERVAL", "60"),
+        ("S3_SCHEMA_URL", "s3://b/schema.json"),
+        ("SCHEMA", "/etc/schema.json"),
+        ("SCHEMA_URL", "http://x/schema.json"),
+        ("SQLALCHEMY_MAX_OVERFLOW", "1"),
+        ("SQLALCHEMY_POOL_PRE_PING", "false"),
+        ("SQLALCHEMY_POOL_RECYCLE", "1"),
+        ("SQLALCHEMY_POOL_SIZE", "1"),
+        ("SQLALCHEMY_POOL_TIMEOUT", "1"),
+        ("SQLALCHEMY_USE_NULLPOOL", "true"),
+        ("STREAM_RESULTS", "false"),
+        ("USE_ASYNC", "true"),
+        ("USE_UTF8MB4", "true"),
+        ("WAL", "false"),
+    ];
+
+    fn json(c: &Config) -> serde_json::Value {
+        serde_json::to_value(c).unwrap()
+    }
+
+    #[test]
+    fn every_pgsync_setting_sets_a_key_or_is_named_in_the_one_warning() {
+        assert_eq!(
+            SETTINGS.len(),
+            105,
+            "PGSync 7.3's settings.py reads 105 variables"
+        );
+        let root = tempfile::NamedTempFile::new().unwrap();
+        let defaults = json(&Config::default());
+        for (var, value) in SETTINGS {
+            let value = if *value == "@rootcert" {
+                root.path().display().to_string()
+            } else {
+                value.to_string()
+            };
+            let l = load_with(None, vec![(var.to_string(), value.clone())])
+                .unwrap_or_else(|e| panic!("{var}={value}: {e}"));
+            let changed = json(&l.config) != defaults;
+            let named = l.warnings.iter().any(|w| w.contains(var));
+            assert!(
+                changed || named,
+                "{var}={value} neither sets a key nor is named in a warning: {:?}",
+                l.warnings
+            );
+            assert!(
+                l.warnings.len() <= 1,
+                "{var}: one warning at most: {:?}",
+                l.warnings
+            );
+        }
+        // WAL=true asks for the default mode: it wins over a file's notify.
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("pgsync.toml");
+        std::fs::write(&p, "[capture]\nmode = \"notify\"\n").unwrap();
+        let c = load_with(Some(&p), vec![("WAL".into(), "true".into())])
+            .unwrap()
+            .config;
+        assert_eq!(c.capture.mode, super::super::CaptureMode::Wal);
+    }
+
+    #[test]
+    fn tuning_knobs_reach_their_keys() {
+        let vars = [
+            ("ELASTICSEARCH_CHUNK_SIZE", "5000"),
+            ("ELASTICSEARCH_MAX_CHUNK_BYTES", "104857600"),
+            ("ELASTICSEARCH_THREAD_COUNT", "4"),
+            ("ELASTICSEARCH_QUEUE_SIZE", "4"),
+            ("ELASTICSEARCH_TIMEOUT", "2.5"),
+            ("ELASTICSEARCH_MAX_RETRIES", "0"),
+            ("ELASTICSEARCH_INITIAL_BACKOFF", "2"),
+            ("ELASTICSEARCH_MAX_BACKOFF", "600"),
+            ("ELASTICSEARCH_HTTP_COMPRESS", "True"),
+            ("QUERY_CHUNK_SIZE", "10000"),
+            ("LOG_INTERVAL", "0.5"),
+            ("NUM_WORKERS", "3"),
+            ("POLL_INTERVAL", "0.1"),
+            ("CHECKPOINT_PATH", "/state"),
+            ("CONSOLE_LOGGING_HANDLER_MIN_LEVEL", "WARNING"),
+            ("GENERAL_LOGGING_LEVEL", "DEBUG"),
+            ("PG_WORK_MEM", "16MB"),
+        ];
+        let c = load_with(None, vars.map(|(k, v)| (k.to_string(), v.to_string())))
+            .unwrap()
+            .config;
+        let p = &c.pipeline;
+        assert_eq!((p.batch_docs, p.batch_bytes), (5000, 104_857_600));
+        assert_eq!((p.writers, p.channel_capacity, p.fetchers), (4, 4, 3));
+        assert_eq!(
+            (p.max_retries, p.retry_backoff_ms, p.retry_max_backoff_ms),
+            (0, 2000, 600_000)
+        );
+        assert_eq!(p.fetch_chunk, 10_000);
+        assert_eq!(c.search.timeout_secs, 3);
+        assert!(c.search.http_compress);
+        assert_eq!(c.log.progress_interval_secs, 1);
+        assert_eq!(c.capture.poll_interval_ms, 100);
+        assert_eq!(c.checkpoint.dir, std::path::PathBuf::from("/state"));
+        // The console shows a message only past both levels: the quieter one wins.
+        assert_eq!(c.log.level, "warn");
+        assert_eq!(c.postgres.work_mem.as_deref(), Some("16MB"));
+        let pg = c.postgres_for("db");
+        assert_eq!(pg.get_options(), Some("-c work_mem=16MB"));
+    }
+
+    #[test]
+    fn pg_url_wins_and_names_what_it_overrides() {
+        let l = load_with(
+            None,
+            [
+                ("PG_URL", "postgres://u@db/x?sslmode=require"),
+                ("PG_HOST", "ignored"),
+                ("PG_SSLMODE", "disable"),
+            ]
+            .map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+        .unwrap();
+        assert_eq!(l.config.postgres.host, "localhost");
+        assert_eq!(l.config.postgres.sslmode, None);
+        let w = &l.warnings[0];
+        assert!(
+            w.contains("PG_HOST") && w.contains("PG_SSLMODE") && w.contains("PG_URL"),
+            "{w}"
+        );
+        assert_eq!(
+            l.config.postgres_tls().unwrap().mode,
+            super::super::tls::SslMode::Require
+        );
+    }
+
+    #[test]
+    fn a_mysql_driver_and_two_search_backends_are_refused() {
+        let e = load_with(None, vec![("PG_DRIVER".into(), "pymysql".into())]).unwrap_err();
+        assert!(e.message.contains("MySQL"), "{e}");
+        let e = load_with(
+            None,
+            vec![
+                ("ELASTICSEARCH".into(), "true".into()),
+                ("OPENSEARCH".into(), "true".into()),
+            ],
+        )
+        .unwrap_err();
+        assert!(e.message.contains("both true"), "{e}");
     }
 }
