@@ -18,6 +18,8 @@ use std::path::{Path, PathBuf};
 
 /// Entry point; returns the process exit code.
 pub fn main() -> i32 {
+    // Before any thread: `.env` is loaded into the process environment.
+    let (env, dotenv_warnings) = config::environment();
     let mut argv = std::env::args();
     let program = argv.next().unwrap_or_default();
     let args: Vec<String> = argv.collect();
@@ -32,7 +34,7 @@ pub fn main() -> i32 {
         _ if args.is_empty() || args == ["--help"] || args == ["-h"] => {
             // A bare `pgsync` or `pgsync --help`: this program's own help, which lists
             // PGSync's forms too. (A bare `pgsync` with SCHEMA set is PGSync's one pass.)
-            if args.is_empty() && std::env::var_os("SCHEMA").is_some() {
+            if args.is_empty() && env.iter().any(|(k, _)| k == "SCHEMA") {
                 pgsync_forms::pgsync(&args)
             } else {
                 Cli::try_parse_from(std::iter::once(name.clone()).chain(args))
@@ -46,7 +48,7 @@ pub fn main() -> i32 {
         _ => pgsync_forms::pgsync(&args),
     };
     match parsed {
-        Ok(Some(inv)) => run(inv),
+        Ok(Some(inv)) => run(inv, env, dotenv_warnings),
         Ok(None) => 0,
         Err(e) => {
             let _ = e.print();
@@ -55,9 +57,8 @@ pub fn main() -> i32 {
     }
 }
 
-/// Loads the configuration the invocation names and does what it asks.
-pub fn run(inv: Invocation) -> i32 {
-    let (mut env, mut warnings) = config::environment();
+/// Loads the configuration the invocation names from `env` and does what it asks.
+pub fn run(inv: Invocation, mut env: Vec<(String, String)>, mut warnings: Vec<String>) -> i32 {
     env.extend(inv.overrides.iter().cloned());
     let cfg = match load(&inv, env) {
         Ok((cfg, w)) => {

@@ -4,7 +4,6 @@
 //! `${NAME}` references work.
 
 use crate::{Error, Result};
-use std::collections::BTreeMap;
 use std::path::Path;
 
 /// The pairs of the `.env` file in `dir`, in file order with later declarations winning; none
@@ -39,26 +38,30 @@ pub fn read_dotenv(dir: &Path) -> Result<Vec<(String, String)>> {
     Ok(out)
 }
 
-/// The process environment plus the working directory's `.env` under it: what the command line
-/// loads the configuration from. A `.env` that cannot be read is reported and skipped.
+/// Loads the working directory's `.env` into the process environment, as python-dotenv does for
+/// PGSync (so the schema's `${VAR}` substitution sees its variables too), without overriding a
+/// variable already set; returns the environment then, and a warning when the file cannot be
+/// read. Call it first thing in `main`, before any thread starts: it sets variables.
 pub fn environment() -> (Vec<(String, String)>, Vec<String>) {
-    let mut env: BTreeMap<String, String> = super::process_env().into_iter().collect();
     let mut warnings = vec![];
     let cwd = std::env::current_dir().unwrap_or_else(|_| ".".into());
     match read_dotenv(&cwd) {
         Ok(pairs) => {
             for (k, v) in pairs {
-                env.entry(k).or_insert(v);
+                if std::env::var_os(&k).is_none() {
+                    std::env::set_var(k, v);
+                }
             }
         }
         Err(e) => warnings.push(format!("{e}; the file is ignored")),
     }
-    (env.into_iter().collect(), warnings)
+    (super::process_env(), warnings)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
 
     #[test]
     fn dotenv_reads_quotes_exports_comments_and_last_declarations() {

@@ -439,7 +439,8 @@ fn validate_postgres(cfg: &mut Config, fig: &Figment) -> Result<()> {
             _ => &p.sslkey,
         };
         if let Some(f) = value {
-            if !(key == "sslrootcert" && f.as_os_str() == "system") && !f.is_file() {
+            let system = key == "sslrootcert" && f.as_os_str() == "system";
+            if !system && !f.is_file() {
                 return Err(bad(
                     &format!("postgres.{key}"),
                     format!("= {} does not exist or is not a file", f.display()),

@@ -16,6 +16,30 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 pub type PgConnection =
     tokio_postgres::Connection<Socket, <MakeRustlsConnect as MakeTlsConnect<Socket>>::Stream>;
 
+/// tokio-postgres-rustls, except that a connection without a host name (a Unix socket, which
+/// never uses TLS) does not fail for want of a TLS server name.
+#[derive(Clone)]
+struct Connector(MakeRustlsConnect);
+
+impl MakeTlsConnect<Socket> for Connector {
+    type Stream = <MakeRustlsConnect as MakeTlsConnect<Socket>>::Stream;
+    type TlsConnect = <MakeRustlsConnect as MakeTlsConnect<Socket>>::TlsConnect;
+    type Error = <MakeRustlsConnect as MakeTlsConnect<Socket>>::Error;
+
+    fn make_tls_connect(
+        &mut self,
+        domain: &str,
+    ) -> std::result::Result<Self::TlsConnect, Self::Error> {
+        // Only reached with sslmode disable for a socket: the connector is never used then.
+        let domain = if domain.is_empty() {
+            "localhost"
+        } else {
+            domain
+        };
+        <MakeRustlsConnect as MakeTlsConnect<Socket>>::make_tls_connect(&mut self.0, domain)
+    }
+}
+
 /// libpq connection parameters about TLS that tokio-postgres does not parse itself; they are
 /// taken out of `postgres.url` and handled here.
 const TLS_PARAMS: [&str; 4] = ["sslmode", "sslrootcert", "sslcert", "sslkey"];
@@ -290,7 +314,7 @@ pub async fn connect_raw(
         cfg.postgres_tls()
             .map_err(|e| e.context(format!("PostgreSQL at {target}")))?
     };
-    let connector = MakeRustlsConnect::new(tls.client_config()?);
+    let connector = Connector(MakeRustlsConnect::new(tls.client_config()?));
     let mut failures: Vec<(Attempt, String)> = vec![];
     for &attempt in tls.attempts() {
         let mut c = pg.clone();
