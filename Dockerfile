@@ -19,9 +19,12 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --home-dir /var/lib/pgsync --create-home pgsync
 COPY --from=build /src/target/release/pgsync /usr/local/bin/pgsync
+# PGSync's script names: its entrypoints (`bootstrap -c schema.json`, `parallel_sync ...`) run as is.
+RUN ln -s pgsync /usr/local/bin/bootstrap && ln -s pgsync /usr/local/bin/parallel_sync
 COPY config/pgsync.example.toml /etc/pgsync/pgsync.example.toml
 USER pgsync
 WORKDIR /var/lib/pgsync
-ENV PGSYNC_CHECKPOINT__DIR=/var/lib/pgsync/state
+# PGSync's variable, so a deployment's own CHECKPOINT_PATH still wins.
+ENV CHECKPOINT_PATH=/var/lib/pgsync/state
 ENTRYPOINT ["pgsync"]
 CMD ["run", "--config", "/etc/pgsync/pgsync.toml"]

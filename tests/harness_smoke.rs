@@ -17,7 +17,7 @@ fn postgres_starts_with_logical_wal_level() {
     let pg = Postgres::start();
     eprintln!("Postgres::start took {:?}", t.elapsed());
     assert_eq!(pg.psql("postgres", "SHOW wal_level"), "logical");
-    assert_eq!(pg.psql("postgres", "SHOW max_replication_slots"), "20");
+    assert_eq!(pg.psql("postgres", "SHOW max_replication_slots"), "64");
     assert_eq!(pg.psql("postgres", "SHOW max_wal_senders"), "20");
     assert_eq!(pg.psql("postgres", "SHOW fsync"), "off");
     assert_eq!(pg.psql("postgres", "SHOW TimeZone"), "UTC");

@@ -504,3 +504,48 @@ async fn an_older_version_never_overwrites_a_newer_document_or_delete() {
     assert_eq!((out.succeeded, out.stale), (1, 1), "{out:?}");
     assert!(os.doc("books", "1").is_none(), "the versioned delete stays");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_compress_gzips_request_bodies_and_osmem_takes_them() {
+    // PGSync's ELASTICSEARCH_HTTP_COMPRESS: bodies go gzipped with Content-Encoding: gzip.
+    let server = Scripted::start(vec![(
+        200,
+        r#"{"errors":false,"items":[{"index":{"status":201}}]}"#,
+    )])
+    .await;
+    let mut cfg = config(&server.url);
+    cfg.search.http_compress = true;
+    let sink = Sink::from_config(&cfg).unwrap();
+    let out = sink
+        .bulk(batch("books", &[("1", Some(json!({"n": 1})))]))
+        .await
+        .unwrap();
+    assert_eq!(out.failures.len(), 0);
+    let seen = server.seen();
+    let bulk = seen
+        .iter()
+        .find(|s| s.request_line.contains("_bulk"))
+        .expect("a bulk request");
+    assert!(
+        bulk.headers.contains("content-encoding: gzip"),
+        "{}",
+        bulk.headers
+    );
+    assert_eq!(&bulk.body[..2], &[0x1f, 0x8b], "not a gzip body");
+
+    let os = Osmem::start();
+    let mut cfg = config(os.url());
+    cfg.search.http_compress = true;
+    let sink = Sink::from_config(&cfg).unwrap();
+    sink.ensure_index("books", &books_body(), false)
+        .await
+        .unwrap();
+    sink.bulk(batch(
+        "books",
+        &[("7", Some(json!({"n": 7, "title": "gz"})))],
+    ))
+    .await
+    .unwrap();
+    os.refresh("books");
+    assert_eq!(os.doc("books", "7").unwrap()["title"], "gz");
+}

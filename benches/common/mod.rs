@@ -62,7 +62,7 @@ pub struct Run {
 pub fn run_pgsync(config: &Path, env: &[(&str, &str)]) -> Run {
     let start = Instant::now();
     let mut child = Command::new(harness::pgsync_bin())
-        .args(["run", "--once", "--recreate", "--config"])
+        .args(["run", "--once", "--full", "--recreate", "--config"])
         .arg(config)
         .envs(env.iter().copied())
         .env("LOG_LEVEL", "warn")

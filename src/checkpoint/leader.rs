@@ -119,7 +119,9 @@ impl LeaderLocks {
         let url = cfg.redis_url.as_ref().ok_or_else(|| {
             Error::config("checkpoint.store = \"redis\" needs checkpoint.redis_url (or REDIS_URL)")
         })?;
-        let client = super::store::redis_client(url, command_timeout(ttl)).await?;
+        let client =
+            super::store::redis_client_tls(url, cfg.redis_ca_cert.as_deref(), command_timeout(ttl))
+                .await?;
         Ok(Some(LeaderLocks { client, ttl }))
     }
 

@@ -6,7 +6,7 @@ use crate::{Error, ErrorKind, Result};
 use fred::prelude::*;
 use fred::types::config::ReconnectPolicy;
 use serde::{Deserialize, Serialize};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// A stored checkpoint.
@@ -94,7 +94,9 @@ impl Store {
                         "checkpoint.store = \"redis\" needs checkpoint.redis_url (or REDIS_URL)",
                     )
                 })?;
-                Ok(Store::Redis(redis_client(url, COMMAND_TIMEOUT).await?))
+                Ok(Store::Redis(
+                    redis_client_tls(url, cfg.redis_ca_cert.as_deref(), COMMAND_TIMEOUT).await?,
+                ))
             }
         }
     }
@@ -196,14 +198,37 @@ pub async fn redis_client(
     url: &Secret,
     command_timeout: Duration,
 ) -> Result<fred::clients::Client> {
+    redis_client_tls(url, None, command_timeout).await
+}
+
+/// Like [`redis_client`]; a `rediss://` (or `valkeys://`) URL connects over TLS (rustls), the
+/// server's certificate checked against `ca` (PEM) when given, else the system's CAs, and its
+/// name against the URL's host. `user:password@` in the URL logs in as that ACL user.
+pub async fn redis_client_tls(
+    url: &Secret,
+    ca: Option<&Path>,
+    command_timeout: Duration,
+) -> Result<fred::clients::Client> {
     let shown = url.masked_url();
-    let config = fred::types::config::Config::from_url(url.expose()).map_err(|e| {
+    // fred's own TLS set-up asks rustls for the process-wide provider.
+    crate::config::tls::crypto_provider();
+    let mut config = fred::types::config::Config::from_url(url.expose()).map_err(|e| {
         Error::config(format!(
             "checkpoint.redis_url {shown}: {}",
             e.details().replace(url.expose(), &shown)
         ))
-        .with_hint("expected redis://[:password@]host:port/db")
+        .with_hint("expected redis://[[user]:password@]host:port/db, or rediss:// for TLS")
     })?;
+    match (ca, config.tls.is_some()) {
+        (Some(ca), true) => config.tls = Some(redis_tls(ca)?.into()),
+        (Some(ca), false) => {
+            return Err(Error::config(format!(
+                "checkpoint.redis_ca_cert {} is set but checkpoint.redis_url {shown} is not rediss:// (TLS)",
+                ca.display()
+            )))
+        }
+        _ => {}
+    }
     let client = fred::types::Builder::from_config(config)
         .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
         .with_connection_config(|c| {
@@ -224,9 +249,30 @@ pub async fn redis_client(
             kind,
             format!("cannot connect to Redis at {shown}: {}", e.details()),
         )
-        .with_hint("check checkpoint.redis_url (or REDIS_URL) and that Redis/Valkey is up")
+        .with_hint("check checkpoint.redis_url (or REDIS_URL / REDIS_HOST, REDIS_AUTH...) and that Redis/Valkey is up")
     })?;
     Ok(client)
+}
+
+/// A rustls connector trusting the CA certificates of the PEM file `ca`.
+fn redis_tls(ca: &Path) -> Result<fred::types::config::TlsConnector> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+    let bad =
+        |what: String| Error::config(format!("checkpoint.redis_ca_cert {}: {what}", ca.display()));
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(ca)
+        .and_then(|it| it.collect())
+        .map_err(|e| bad(e.to_string()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    let (added, _) = roots.add_parsable_certificates(certs);
+    if added == 0 {
+        return Err(bad("holds no usable CA certificate".into()));
+    }
+    let config = rustls::ClientConfig::builder_with_provider(crate::config::tls::crypto_provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(config.into())
 }
 
 /// Whether a Redis error may go away by itself (connection lost, server restarting) rather than

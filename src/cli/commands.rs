@@ -1,6 +1,6 @@
 //! What each subcommand does.
 
-use super::Command;
+use super::Action;
 use crate::config::Config;
 use crate::config::OnRejected;
 use crate::pipeline::initial::initial_sync;
@@ -11,22 +11,17 @@ use crate::sink::Sink;
 use crate::{Error, Result};
 use std::sync::Arc;
 
-/// Runs a subcommand; returns the exit code.
-pub async fn dispatch(cmd: Command, cfg: Config) -> Result<i32> {
-    match cmd {
-        Command::Validate => validate(&cfg).await,
-        Command::Run {
-            once: true,
-            recreate,
-        } => run_once(&cfg, recreate).await,
-        Command::Run {
-            once: false,
-            recreate,
-        } => crate::pipeline::daemon::run(&cfg, recreate).await,
-        Command::Bootstrap => super::admin::bootstrap(&cfg).await.map(|_| 0),
-        Command::Teardown => super::admin::teardown(&cfg).await.map(|_| 0),
-        Command::Status => super::admin::status(&cfg).await.map(|_| 0),
-        Command::DeadLetters { action } => super::dead_letters::run(&cfg, action).await,
+/// Does what was asked; returns the exit code.
+pub async fn dispatch(action: Action, cfg: Config) -> Result<i32> {
+    match action {
+        Action::Validate => validate(&cfg).await,
+        Action::CatchUp { recreate } => super::catch_up::catch_up(&cfg, recreate).await,
+        Action::FullSync { recreate } => run_once(&cfg, recreate).await,
+        Action::Daemon { recreate } => crate::pipeline::daemon::run(&cfg, recreate).await,
+        Action::Bootstrap => super::admin::bootstrap(&cfg).await.map(|_| 0),
+        Action::Teardown => super::admin::teardown(&cfg).await.map(|_| 0),
+        Action::Status => super::admin::status(&cfg).await.map(|_| 0),
+        Action::DeadLetters(action) => super::dead_letters::run(&cfg, action).await,
     }
 }
 
@@ -57,7 +52,8 @@ async fn validate(cfg: &Config) -> Result<i32> {
     Ok(0)
 }
 
-/// Creates the index if needed and runs the initial sync of every index.
+/// `run --once --full`: creates the index if needed and rebuilds every document of every index
+/// from the current rows, leaving capture and checkpoints alone.
 pub async fn run_once(cfg: &Config, recreate: bool) -> Result<i32> {
     let file = load_schema(cfg)?;
     let plans = resolve_all(cfg, &file).await?;

@@ -13,7 +13,7 @@ use crate::Result;
 use std::sync::Arc;
 
 /// What to do with the dead letters.
-#[derive(Debug, Clone, clap::Subcommand)]
+#[derive(Debug, Clone, PartialEq, Eq, clap::Subcommand)]
 pub enum DeadLetterAction {
     /// List the rejected documents: index, `_id`, position, time and the engine's reason.
     List {

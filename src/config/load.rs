@@ -1,23 +1,26 @@
-//! Loading from defaults, file and environment; the PostgreSQL connection helpers built on the
-//! result.
+//! Loading from defaults, file and environment.
 //!
-//! Layers, lowest first: [`Config::default`], the TOML file, PGSync's own environment variables
-//! (`PG_HOST`, `ELASTICSEARCH_URL`, …, so an existing PGSync deployment works unchanged), then
-//! `PGSYNC_SECTION__KEY` variables. Environment values are never type-guessed for text fields:
-//! `PG_PASSWORD=007` stays the string `007`.
+//! Layers, lowest first: [`Config::default`], libpq's TLS variables (`PGSSLMODE`, ..., defaults
+//! under any explicit setting, as in libpq), the TOML file, PGSync's own environment variables
+//! (`PG_HOST`, `ELASTICSEARCH_URL`, …, so an existing PGSync deployment works unchanged; see
+//! `pgsync_env`), then `PGSYNC_SECTION__KEY` variables. Environment values are never type-guessed
+//! for text fields: `PG_PASSWORD=007` stays the string `007`.
 
+use super::pgsync_env::{libpq_layer, pgsync_layer};
+use super::tls::{SslMode, SSLMODES};
 use super::{CheckpointStore, Config, OutputKind, Secret};
-use crate::{Error, ErrorKind, Result};
+use crate::{Error, Result};
 use figment::providers::{Format, Serialized, Toml};
 use figment::value::{Dict, Map, Value};
 use figment::{Figment, Metadata, Profile, Provider};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 /// Name of the metadata of the PGSync-variable layer; errors print the variable's own name.
-const PGSYNC_VARS: &str = "PGSync environment variable";
+pub(super) const PGSYNC_VARS: &str = "PGSync environment variable";
+/// Name of the metadata of the libpq-variable layer.
+pub(super) const LIBPQ_VARS: &str = "libpq environment variable";
 /// Name of the metadata of the `PGSYNC_SECTION__KEY` layer.
 const SECTION_VARS: &str = "environment variable";
 /// Prefix of the section-override variables.
@@ -52,7 +55,7 @@ where
     let env: BTreeMap<String, String> = env.into_iter().filter(|(_, v)| !v.is_empty()).collect();
     let mut warnings = Vec::new();
 
-    let mut fig = Figment::from(Serialized::defaults(Config::default()));
+    let mut fig = Figment::from(Serialized::defaults(Config::default())).merge(libpq_layer(&env));
     if let Some(p) = path {
         match std::fs::metadata(p) {
             Ok(m) if m.is_file() => {}
@@ -80,8 +83,10 @@ where
         }
         fig = fig.merge(Toml::file_exact(p));
     }
-    fig = fig.merge(pgsync_layer(&env)?);
+    let (pgsync, unused) = pgsync_layer(&env)?;
+    fig = fig.merge(pgsync);
     fig = fig.merge(section_layer(&env, &mut warnings));
+    warnings.extend(unused.warning());
 
     let mut config: Config = fig.extract().map_err(figment_error)?;
     validate(&mut config, &fig, &mut warnings)?;
@@ -98,20 +103,20 @@ pub fn process_env() -> Vec<(String, String)> {
 
 /// One environment layer: values keyed by `(section, key)`, each remembering the variable that
 /// set it so errors can name the variable rather than a dotted path.
-struct EnvLayer {
+pub(super) struct EnvLayer {
     name: &'static str,
     values: BTreeMap<(String, String), (Value, String)>,
 }
 
 impl EnvLayer {
-    fn new(name: &'static str) -> Self {
+    pub(super) fn new(name: &'static str) -> Self {
         EnvLayer {
             name,
             values: BTreeMap::new(),
         }
     }
 
-    fn set(&mut self, section: &str, key: &str, value: impl Into<Value>, var: &str) {
+    pub(super) fn set(&mut self, section: &str, key: &str, value: impl Into<Value>, var: &str) {
         self.values.insert(
             (section.to_owned(), key.to_owned()),
             (value.into(), var.to_owned()),
@@ -151,137 +156,7 @@ impl Provider for EnvLayer {
     }
 }
 
-/// PGSync's own variables, so an existing PGSync `.env` keeps working.
-fn pgsync_layer(env: &BTreeMap<String, String>) -> Result<EnvLayer> {
-    let mut l = EnvLayer::new(PGSYNC_VARS);
-    let get = |n: &str| env.get(n).map(String::as_str);
-
-    for (var, key) in [
-        ("PG_URL", "url"),
-        ("PG_HOST", "host"),
-        ("PG_USER", "user"),
-        ("PG_PASSWORD", "password"),
-        ("PG_SSLMODE", "sslmode"),
-    ] {
-        if let Some(v) = get(var) {
-            l.set("postgres", key, v, var);
-        }
-    }
-    if let Some(v) = get("PG_PORT") {
-        l.set("postgres", "port", parse_port("PG_PORT", v)?, "PG_PORT");
-    }
-
-    if let Some(v) = get("ELASTICSEARCH_URL") {
-        l.set("search", "url", v, "ELASTICSEARCH_URL");
-    } else if [
-        "ELASTICSEARCH_SCHEME",
-        "ELASTICSEARCH_HOST",
-        "ELASTICSEARCH_PORT",
-    ]
-    .iter()
-    .any(|n| env.contains_key(*n))
-    {
-        let scheme = get("ELASTICSEARCH_SCHEME").unwrap_or("http");
-        let host = get("ELASTICSEARCH_HOST").unwrap_or("localhost");
-        let port = match get("ELASTICSEARCH_PORT") {
-            Some(p) => parse_port("ELASTICSEARCH_PORT", p)?,
-            None => 9200,
-        };
-        let host = if host.contains(':') && !host.starts_with('[') {
-            format!("[{host}]")
-        } else {
-            host.to_owned()
-        };
-        l.set(
-            "search",
-            "url",
-            format!("{scheme}://{host}:{port}"),
-            "ELASTICSEARCH_SCHEME/ELASTICSEARCH_HOST/ELASTICSEARCH_PORT",
-        );
-    }
-    if let Some(v) = get("ELASTICSEARCH_USER") {
-        l.set("search", "username", v, "ELASTICSEARCH_USER");
-    }
-    if let Some(v) = get("ELASTICSEARCH_PASSWORD") {
-        l.set("search", "password", v, "ELASTICSEARCH_PASSWORD");
-    }
-    if let Some(key) = get("ELASTICSEARCH_API_KEY") {
-        // PGSync takes the id and the key separately; the sink understands `id:key`.
-        match get("ELASTICSEARCH_API_KEY_ID") {
-            Some(id) => l.set(
-                "search",
-                "api_key",
-                format!("{id}:{key}"),
-                "ELASTICSEARCH_API_KEY_ID/ELASTICSEARCH_API_KEY",
-            ),
-            None => l.set("search", "api_key", key, "ELASTICSEARCH_API_KEY"),
-        }
-    }
-    if let Some(v) = get("ELASTICSEARCH_CA_CERTS") {
-        l.set("search", "ca_cert", v, "ELASTICSEARCH_CA_CERTS");
-    }
-    if let Some(v) = get("ELASTICSEARCH_VERIFY_CERTS") {
-        let verify = parse_bool("ELASTICSEARCH_VERIFY_CERTS", v)?;
-        l.set(
-            "search",
-            "insecure_skip_verify",
-            !verify,
-            "ELASTICSEARCH_VERIFY_CERTS",
-        );
-    }
-    if let Some(v) = get("ELASTICSEARCH_TIMEOUT") {
-        // PGSync's value is float seconds.
-        let secs = v
-            .trim()
-            .parse::<f64>()
-            .ok()
-            .filter(|s| s.is_finite() && *s >= 0.0)
-            .ok_or_else(|| {
-                Error::config(format!(
-                    "environment variable ELASTICSEARCH_TIMEOUT = {v:?} is not a number of seconds"
-                ))
-            })?;
-        l.set(
-            "search",
-            "timeout_secs",
-            secs.ceil() as u64,
-            "ELASTICSEARCH_TIMEOUT",
-        );
-    }
-    if let Some(v) = get("OPENSEARCH") {
-        let engine = if parse_bool("OPENSEARCH", v)? {
-            "opensearch"
-        } else {
-            "elasticsearch"
-        };
-        l.set("search", "engine", engine, "OPENSEARCH");
-    }
-    if let Some(v) = get("REDIS_URL") {
-        l.set("checkpoint", "redis_url", v, "REDIS_URL");
-    }
-    if let Some(v) = get("SCHEMA") {
-        l.set("schema", "path", v, "SCHEMA");
-    }
-    if let Some(v) = get("LOG_LEVEL") {
-        l.set("log", "level", python_log_level(v), "LOG_LEVEL");
-    }
-    Ok(l)
-}
-
-/// Maps Python logging level names (PGSync's `LOG_LEVEL=INFO`) to `tracing` filter names; other
-/// values (already a filter, e.g. `pgsync_rs=debug`) pass through.
-fn python_log_level(v: &str) -> String {
-    match v.trim().to_ascii_uppercase().as_str() {
-        "CRITICAL" | "FATAL" | "ERROR" => "error".into(),
-        "WARNING" | "WARN" => "warn".into(),
-        "INFO" => "info".into(),
-        "DEBUG" => "debug".into(),
-        "NOTSET" | "TRACE" => "trace".into(),
-        _ => v.trim().to_owned(),
-    }
-}
-
-fn parse_port(var: &str, v: &str) -> Result<u16> {
+pub(super) fn parse_port(var: &str, v: &str) -> Result<u16> {
     v.trim().parse::<u16>().map_err(|_| {
         Error::config(format!(
             "environment variable {var} = {v:?} is not a port number (1-65535)"
@@ -289,7 +164,7 @@ fn parse_port(var: &str, v: &str) -> Result<u16> {
     })
 }
 
-fn parse_bool(var: &str, v: &str) -> Result<bool> {
+pub(super) fn parse_bool(var: &str, v: &str) -> Result<bool> {
     match v.trim().to_ascii_lowercase().as_str() {
         "true" | "1" | "yes" | "y" | "on" => Ok(true),
         "false" | "0" | "no" | "n" | "off" => Ok(false),
@@ -373,7 +248,7 @@ fn figment_error(e: figment::Error) -> Error {
             .collect::<Vec<_>>()
             .join(" ");
         let line = match &e.metadata {
-            Some(md) if md.name == PGSYNC_VARS || md.name == SECTION_VARS => {
+            Some(md) if is_env_layer(md) => {
                 let profile = e.profile.clone().unwrap_or_default();
                 let var = md.interpolate(&profile, &e.path);
                 format!("environment variable {var} (key `{key}`): {kind}")
@@ -394,13 +269,17 @@ fn figment_error(e: figment::Error) -> Error {
     Error::config(lines.join("\n"))
 }
 
+fn is_env_layer(md: &Metadata) -> bool {
+    [PGSYNC_VARS, SECTION_VARS, LIBPQ_VARS].contains(&md.name.as_ref())
+}
+
 /// Where a key's value came from, for validation messages: `` `postgres.sslmode` (from PG_SSLMODE) ``.
 fn origin(fig: &Figment, key: &str) -> String {
     let Some(md) = fig.find_metadata(key) else {
         return format!("`{key}`");
     };
     let path: Vec<&str> = key.split('.').collect();
-    if md.name == PGSYNC_VARS || md.name == SECTION_VARS {
+    if is_env_layer(md) {
         format!(
             "`{key}` (from environment variable {})",
             md.interpolate(&Profile::Default, &path)
@@ -417,31 +296,7 @@ fn origin(fig: &Figment, key: &str) -> String {
 fn validate(cfg: &mut Config, fig: &Figment, warnings: &mut Vec<String>) -> Result<()> {
     let bad = |key: &str, what: String| Error::config(format!("{} {what}", origin(fig, key)));
 
-    // PostgreSQL.
-    cfg.postgres.sslmode = cfg.postgres.sslmode.trim().to_ascii_lowercase();
-    if !matches!(
-        cfg.postgres.sslmode.as_str(),
-        "disable" | "prefer" | "require"
-    ) {
-        return Err(bad(
-            "postgres.sslmode",
-            format!(
-                "is {:?}; expected disable, prefer or require",
-                cfg.postgres.sslmode
-            ),
-        ));
-    }
-    if let Some(url) = &cfg.postgres.url {
-        if let Err(e) = url.expose().parse::<tokio_postgres::Config>() {
-            return Err(bad(
-                "postgres.url",
-                format!("is not a valid PostgreSQL connection string: {e}"),
-            ));
-        }
-    }
-    if cfg.postgres.password.as_ref().is_some_and(Secret::is_empty) {
-        cfg.postgres.password = None;
-    }
+    validate_postgres(cfg, fig)?;
 
     // Search engine.
     let mut url = url::Url::parse(cfg.search.url.trim()).map_err(|e| {
@@ -553,8 +408,68 @@ fn validate(cfg: &mut Config, fig: &Figment, warnings: &mut Vec<String>) -> Resu
     Ok(())
 }
 
+/// PostgreSQL: the URL parses, sslmode is one of libpq's, named TLS files exist (errors name
+/// the key and where it was set), and the whole resolves as libpq would resolve it.
+fn validate_postgres(cfg: &mut Config, fig: &Figment) -> Result<()> {
+    let bad = |key: &str, what: String| Error::config(format!("{} {what}", origin(fig, key)));
+    let p = &mut cfg.postgres;
+    if let Some(m) = &mut p.sslmode {
+        *m = m.trim().to_ascii_lowercase();
+        if SslMode::parse(m).is_none() {
+            return Err(bad(
+                "postgres.sslmode",
+                format!("is {m:?}; expected {SSLMODES}"),
+            ));
+        }
+    }
+    if let Some(url) = &p.url {
+        let split = super::postgres::split_conn_string(url.expose())
+            .map_err(|e| bad("postgres.url", e.message))?;
+        if let Err(e) = split.rest.parse::<tokio_postgres::Config>() {
+            return Err(bad(
+                "postgres.url",
+                format!("is not a valid PostgreSQL connection string: {e}"),
+            ));
+        }
+    }
+    for key in ["sslrootcert", "sslcert", "sslkey"] {
+        let value = match key {
+            "sslrootcert" => &p.sslrootcert,
+            "sslcert" => &p.sslcert,
+            _ => &p.sslkey,
+        };
+        if let Some(f) = value {
+            let system = key == "sslrootcert" && f.as_os_str() == "system";
+            if !system && !f.is_file() {
+                return Err(bad(
+                    &format!("postgres.{key}"),
+                    format!("= {} does not exist or is not a file", f.display()),
+                ));
+            }
+        }
+    }
+    if let Some(mem) = &p.work_mem {
+        if mem.is_empty() || !mem.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err(bad(
+                "postgres.work_mem",
+                format!("= {mem:?} is not a memory size such as 16MB"),
+            ));
+        }
+    }
+    if p.password.as_ref().is_some_and(Secret::is_empty) {
+        p.password = None;
+    }
+    cfg.postgres_tls().map_err(|e| {
+        bad(
+            "postgres.sslmode",
+            format!("(with the TLS settings): {}", e.message),
+        )
+    })?;
+    Ok(())
+}
+
 /// Decodes `%XX` escapes of URL user-info (a password with `@` is written `%40`).
-fn percent_decode(s: &str) -> String {
+pub(super) fn percent_decode(s: &str) -> String {
     fn hex(b: u8) -> Option<u8> {
         (b as char).to_digit(16).map(|d| d as u8)
     }
@@ -576,53 +491,6 @@ fn percent_decode(s: &str) -> String {
 }
 
 impl Config {
-    /// The connection settings for one database (each index in `schema.json` names its own).
-    /// `postgres.url` wins; the separate fields fill what the URL leaves out (host, user,
-    /// password, sslmode; a URL without a port means 5432, as with libpq). A host starting with
-    /// `/` is a Unix socket directory.
-    pub fn postgres_for(&self, database: &str) -> tokio_postgres::Config {
-        use tokio_postgres::config::SslMode;
-        let p = &self.postgres;
-        let (mut c, url_has_sslmode) = match &p.url {
-            Some(url) => (
-                url.expose()
-                    .parse::<tokio_postgres::Config>()
-                    .unwrap_or_default(),
-                url.expose().to_ascii_lowercase().contains("sslmode"),
-            ),
-            None => (tokio_postgres::Config::new(), false),
-        };
-        if c.get_hosts().is_empty() {
-            c.host(&p.host);
-        }
-        if c.get_ports().is_empty() {
-            c.port(p.port);
-        }
-        if c.get_user().is_none() {
-            c.user(&p.user);
-        }
-        if c.get_password().is_none() {
-            if let Some(pw) = p.password.as_ref().filter(|s| !s.is_empty()) {
-                c.password(pw.expose());
-            }
-        }
-        c.dbname(database);
-        if !url_has_sslmode {
-            c.ssl_mode(match p.sslmode.as_str() {
-                "require" => SslMode::Require,
-                "prefer" => SslMode::Prefer,
-                _ => SslMode::Disable,
-            });
-        }
-        if c.get_connect_timeout().is_none() && p.connect_timeout_secs > 0 {
-            c.connect_timeout(Duration::from_secs(p.connect_timeout_secs));
-        }
-        if c.get_application_name().is_none() {
-            c.application_name("pgsync-rs");
-        }
-        c
-    }
-
     /// The configuration as TOML with every secret masked (URL secrets keep their host and user),
     /// for `--print-config` and support requests.
     pub fn redacted_toml(&self) -> String {
@@ -670,80 +538,12 @@ fn toml_scalar(v: &serde_json::Value) -> Option<String> {
     })
 }
 
-/// Describes where a connection goes, without the password: `host:port as user (database db)`.
-/// `host:port as user (database db)`, for messages (never the password).
-pub fn describe_target(c: &tokio_postgres::Config, database: &str) -> String {
-    use tokio_postgres::config::Host;
-    let ports = c.get_ports();
-    let hosts: Vec<String> = c
-        .get_hosts()
-        .iter()
-        .enumerate()
-        .map(|(i, h)| {
-            let port = ports
-                .get(i)
-                .or_else(|| ports.first())
-                .copied()
-                .unwrap_or(5432);
-            match h {
-                Host::Tcp(h) => format!("{h}:{port}"),
-                #[cfg(unix)]
-                Host::Unix(dir) => format!("{}/.s.PGSQL.{port}", dir.display()),
-            }
-        })
-        .collect();
-    format!(
-        "{} as {} (database {database})",
-        hosts.join(","),
-        c.get_user().unwrap_or("?")
-    )
-}
-
-/// Connects to `database` with the configured settings and drives the connection on the current
-/// tokio runtime. Failures name host, port, user and database — never the password.
-pub async fn connect(cfg: &Config, database: &str) -> Result<tokio_postgres::Client> {
-    use tokio_postgres::config::SslMode;
-    let pg = cfg.postgres_for(database);
-    let target = describe_target(&pg, database);
-    if pg.get_ssl_mode() == SslMode::Require {
-        return Err(Error::config(format!(
-            "cannot connect to PostgreSQL at {target}: sslmode=require needs TLS, which this build does not include"
-        ))
-        .with_hint("set postgres.sslmode (PG_SSLMODE) to disable or prefer, or reach the server through a TLS tunnel"));
-    }
-    match pg.connect(tokio_postgres::NoTls).await {
-        Ok((client, connection)) => {
-            let target = target.clone();
-            tokio::spawn(async move {
-                if let Err(e) = connection.await {
-                    tracing::warn!("PostgreSQL connection to {target} ended: {e}");
-                }
-            });
-            Ok(client)
-        }
-        Err(e) => {
-            // A refusal that needs an operator (wrong password, missing database) is permanent;
-            // anything else at connection time (refused, reset, starting up) passes by itself.
-            let (kind, reason) = match e.as_db_error() {
-                Some(db) => (
-                    crate::error::sqlstate_kind(db.code().code())
-                        .unwrap_or(ErrorKind::SourceUnreachable),
-                    format!("{}: {}", db.severity(), db.message()),
-                ),
-                None => (ErrorKind::SourceUnreachable, e.to_string()),
-            };
-            Err(Error::new(
-                kind,
-                format!("cannot connect to PostgreSQL at {target}: {reason}"),
-            ))
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use super::super::postgres::{connect, describe_target};
     use super::super::{CaptureMode, Engine};
     use super::*;
+    use crate::ErrorKind;
     use std::path::PathBuf;
     use std::sync::Mutex;
 
@@ -895,7 +695,8 @@ mod tests {
             "postgres://u:pw@db:6543/ignored"
         );
         assert_eq!(c.postgres.user, "pguser");
-        assert_eq!(c.postgres.sslmode, "prefer");
+        // As in PGSync, PG_URL makes PG_SSLMODE (and PG_HOST, ...) ignored, with a warning.
+        assert_eq!(c.postgres.sslmode, None);
         assert_eq!(c.search.url, "https://es.local:9243");
         assert_eq!(c.search.username.as_deref(), Some("elastic"));
         assert_eq!(c.search.password.as_ref().unwrap().expose(), "espw");
@@ -934,8 +735,12 @@ mod tests {
         let e = load_env(&[("PGSYNC_PIPELINE__FETCHERS", "lots")]).unwrap_err();
         assert!(e.message.contains("PGSYNC_PIPELINE__FETCHERS"), "{e}");
         assert!(e.message.contains("pipeline.fetchers"), "{e}");
+        let e = load_env(&[("PG_SSLMODE", "verify-everything")]).unwrap_err();
+        assert!(e.message.contains("PG_SSLMODE"), "{e}");
+        // Valid, but verify-full needs a root certificate: the error names the variable too.
         let e = load_env(&[("PG_SSLMODE", "verify-full")]).unwrap_err();
         assert!(e.message.contains("PG_SSLMODE"), "{e}");
+        assert!(e.message.contains("sslrootcert"), "{e}");
         let e = load_env(&[("PGSYNC_CAPTURE__MODE", "poll")]).unwrap_err();
         assert!(e.message.contains("PGSYNC_CAPTURE__MODE"), "{e}");
     }
@@ -1103,7 +908,12 @@ mod tests {
         assert_eq!(pg.get_dbname(), Some("books"));
         assert_eq!(pg.get_password(), Some(&b"pw"[..]));
         assert_eq!(pg.get_ports(), &[5432]);
-        assert_eq!(pg.get_ssl_mode(), tokio_postgres::config::SslMode::Prefer);
+        // TLS is decided per attempt by connect(): the URL's sslmode is read from the URL.
+        assert_eq!(pg.get_ssl_mode(), tokio_postgres::config::SslMode::Disable);
+        assert_eq!(
+            c.postgres_tls().unwrap().mode,
+            crate::config::tls::SslMode::Prefer
+        );
         assert!(
             matches!(&pg.get_hosts()[0], tokio_postgres::config::Host::Tcp(h) if h == "urlhost")
         );

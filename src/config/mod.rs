@@ -1,10 +1,16 @@
 //! Runtime configuration (`pgsync.toml`), loaded with figment from defaults, the file, PGSync's own
 //! environment variables and `PGSYNC_SECTION__KEY` overrides, in that order.
 
+mod dotenv;
 mod load;
+mod pgsync_env;
+mod postgres;
 mod secret;
+pub mod tls;
 
-pub use load::{connect, describe_target, load, load_with, process_env, Loaded};
+pub use dotenv::{environment, read_dotenv};
+pub use load::{load, load_with, process_env, Loaded};
+pub use postgres::{connect, connect_raw, describe_target, PgConnection};
 pub use secret::{mask_url, Secret};
 
 use serde::{Deserialize, Serialize};
@@ -124,7 +130,8 @@ impl Default for DeadLetterConfig {
     }
 }
 
-/// PostgreSQL connection settings. `url` wins over the separate fields when set.
+/// PostgreSQL connection settings. `url` (and its `sslmode`, `sslrootcert`, ... parameters) wins
+/// over the separate fields when set.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PostgresConfig {
@@ -138,10 +145,20 @@ pub struct PostgresConfig {
     pub user: String,
     /// Password; never printed.
     pub password: Option<Secret>,
-    /// `disable`, `prefer` or `require`.
-    pub sslmode: String,
+    /// libpq's sslmode: `disable`, `allow`, `prefer` (the default when unset), `require`,
+    /// `verify-ca` or `verify-full`.
+    pub sslmode: Option<String>,
+    /// PEM file of the CA certificates to trust, or `system`; libpq's default is
+    /// `~/.postgresql/root.crt` when it exists.
+    pub sslrootcert: Option<PathBuf>,
+    /// Client certificate (PEM) for `cert` authentication; default `~/.postgresql/postgresql.crt`.
+    pub sslcert: Option<PathBuf>,
+    /// Its unencrypted private key (PEM); default `~/.postgresql/postgresql.key`.
+    pub sslkey: Option<PathBuf>,
     /// Seconds to wait for a connection before failing.
     pub connect_timeout_secs: u64,
+    /// `work_mem` of every session (e.g. `16MB`), PGSync's PG_WORK_MEM; the server's when unset.
+    pub work_mem: Option<String>,
 }
 
 impl Default for PostgresConfig {
@@ -152,8 +169,12 @@ impl Default for PostgresConfig {
             port: 5432,
             user: "postgres".into(),
             password: None,
-            sslmode: "disable".into(),
+            sslmode: None,
+            sslrootcert: None,
+            sslcert: None,
+            sslkey: None,
             connect_timeout_secs: 10,
+            work_mem: None,
         }
     }
 }
@@ -189,6 +210,8 @@ pub struct SearchConfig {
     pub insecure_skip_verify: bool,
     /// Per-request timeout.
     pub timeout_secs: u64,
+    /// Gzip request bodies (`Content-Encoding: gzip`); PGSync's ELASTICSEARCH_HTTP_COMPRESS.
+    pub http_compress: bool,
 }
 
 impl Default for SearchConfig {
@@ -202,6 +225,7 @@ impl Default for SearchConfig {
             ca_cert: None,
             insecure_skip_verify: false,
             timeout_secs: 60,
+            http_compress: false,
         }
     }
 }
@@ -270,6 +294,8 @@ pub struct PipelineConfig {
     pub max_retries: u32,
     /// First retry delay; doubles each retry.
     pub retry_backoff_ms: u64,
+    /// Longest delay between two retries, whatever the doubling says.
+    pub retry_max_backoff_ms: u64,
 }
 
 impl Default for PipelineConfig {
@@ -285,6 +311,7 @@ impl Default for PipelineConfig {
             ranges_per_fetcher: 4,
             max_retries: 8,
             retry_backoff_ms: 200,
+            retry_max_backoff_ms: 30_000,
         }
     }
 }
@@ -361,8 +388,12 @@ pub struct CheckpointConfig {
     pub store: CheckpointStore,
     /// Directory for `file` checkpoints.
     pub dir: PathBuf,
-    /// `redis://host:port/db` for `redis`; never printed.
+    /// `redis://host:port/db` (`rediss://` for TLS, `user:password@` for an ACL user) for
+    /// `redis`; never printed.
     pub redis_url: Option<Secret>,
+    /// PEM file of the CA certificates a `rediss://` server is checked against; the system's
+    /// when unset.
+    pub redis_ca_cert: Option<PathBuf>,
     /// With the `redis` store, `pgsync run` takes a per-index lock so that only one daemon
     /// writes an index; others wait as standbys and take over when the leader dies. Ignored with
     /// the `file` store (a file cannot be shared between hosts safely).
@@ -378,6 +409,7 @@ impl Default for CheckpointConfig {
             store: CheckpointStore::File,
             dir: PathBuf::from(".pgsync-state"),
             redis_url: None,
+            redis_ca_cert: None,
             leader_lock: true,
             lock_ttl_ms: 10_000,
         }

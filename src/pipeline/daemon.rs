@@ -138,6 +138,26 @@ struct IndexRun<'a> {
     store: Store,
 }
 
+/// One index run without supervision, until `stop` turns true: what a one-shot catch-up pass
+/// runs (a pass fails fast rather than waiting out an outage).
+pub async fn run_index_pass(
+    cfg: &Config,
+    plan: Arc<IndexPlan>,
+    sink: Sink,
+    store: Store,
+    stop: watch::Receiver<bool>,
+    recreate: bool,
+) -> Result<()> {
+    let ix = IndexRun {
+        cfg,
+        plan,
+        sink,
+        store,
+    };
+    let (healthy, _) = watch::channel(false);
+    run_index_once(&ix, stop, healthy, recreate).await
+}
+
 /// Runs one index until stopped, restarting it after transient faults.
 async fn supervise_index(
     ix: &IndexRun<'_>,
@@ -426,7 +446,8 @@ async fn wait_for_previous_leader(cfg: &Config, plan: &IndexPlan) {
     tracing::warn!(slot = %slot_name, terminated = ?ended.ok().map(|r| r.get::<_, i64>(0)), "the previous leader's replication connection did not end within {patience:?}: terminated it (this daemon holds the lock)");
 }
 
-async fn wait_for_signal() {
+/// Resolves on SIGTERM or SIGINT (the one-shot catch-up pass of the command line stops on them too).
+pub async fn wait_for_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};

@@ -19,8 +19,6 @@ use std::time::Duration;
 
 /// `_bulk` asks only for what is read back: the flag, and per item its status and error.
 const BULK_PATH: &str = "/_bulk?filter_path=errors,items.*.status,items.*.error";
-/// Longest wait between two retries, whatever the backoff doubling says.
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// A search-engine sink. Cheap to clone: clones share the HTTP connection pool.
 #[derive(Clone)]
@@ -43,6 +41,7 @@ struct Inner {
     backoff: Duration,
     /// The engine's outages, logged once each (shared by every clone and request).
     outage: std::sync::Mutex<crate::outage::Outage>,
+    max_backoff: Duration,
 }
 
 /// What `GET /` says about the engine.
@@ -106,6 +105,7 @@ impl SearchSink {
         if search.timeout_secs > 0 {
             b = b.timeout(Duration::from_secs(search.timeout_secs));
         }
+        b = b.request_body_compression(search.http_compress);
         if let Some(key) = &search.api_key {
             b = b.auth(match key.expose().split_once(':') {
                 Some((id, k)) => Credentials::ApiKey(id.to_owned(), k.to_owned()),
@@ -152,6 +152,7 @@ impl SearchSink {
                 outage: std::sync::Mutex::new(crate::outage::Outage::new(format!(
                     "search engine at {shown}"
                 ))),
+                max_backoff: Duration::from_millis(pipeline.retry_max_backoff_ms),
             }),
         })
     }
@@ -376,7 +377,7 @@ impl SearchSink {
                 )
                 .with_hint("the engine is overloaded: lower pipeline.writers or pipeline.batch_docs, or raise pipeline.max_retries"));
             }
-            let delay = backoff(self.inner.backoff, out.retries);
+            let delay = backoff(self.inner.backoff, out.retries, self.inner.max_backoff);
             tracing::warn!(
                 "bulk to {}: {} of {} actions rejected ({}); re-sending them in {:?}",
                 self.url(),
@@ -526,7 +527,7 @@ impl SearchSink {
                             ),
                         });
                     }
-                    let mut delay = backoff(self.inner.backoff, *retries);
+                    let mut delay = backoff(self.inner.backoff, *retries, self.inner.max_backoff);
                     if let Some(ra) = retry_after {
                         delay = delay.max(ra.min(Duration::from_secs(60)));
                     }
@@ -638,9 +639,9 @@ fn strip_query(path: &str) -> &str {
     path.split('?').next().unwrap_or(path)
 }
 
-/// `base * 2^n`, capped.
-fn backoff(base: Duration, n: u32) -> Duration {
-    base.saturating_mul(1u32 << n.min(16)).min(MAX_BACKOFF)
+/// `base * 2^n`, capped at `max` (`pipeline.retry_max_backoff_ms`).
+fn backoff(base: Duration, n: u32, max: Duration) -> Duration {
+    base.saturating_mul(1u32 << n.min(16)).min(max)
 }
 
 /// `/{index}{suffix}` after checking the name cannot address anything else: no wildcards, commas
@@ -802,9 +803,10 @@ mod tests {
     #[test]
     fn backoff_doubles_and_caps() {
         let b = Duration::from_millis(200);
-        assert_eq!(backoff(b, 0), Duration::from_millis(200));
-        assert_eq!(backoff(b, 3), Duration::from_millis(1600));
-        assert_eq!(backoff(b, 40), MAX_BACKOFF);
+        let max = Duration::from_secs(30);
+        assert_eq!(backoff(b, 0, max), Duration::from_millis(200));
+        assert_eq!(backoff(b, 3, max), Duration::from_millis(1600));
+        assert_eq!(backoff(b, 40, max), max);
     }
 
     #[test]

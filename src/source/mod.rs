@@ -4,5 +4,6 @@
 pub mod change;
 pub mod notify;
 pub mod pgoutput;
+mod replication_tls;
 pub mod slot;
 pub mod wal;

@@ -537,15 +537,9 @@ async fn read_page(
 /// them only to whoever drives the connection's `poll_message`).
 async fn connect_listening(cfg: &Config, database: &str, wake: Arc<Notify>) -> Result<Client> {
     use futures::StreamExt;
-    let pg = cfg.postgres_for(database);
-    // Checks the settings (TLS) and reachability with the same messages as every connection.
-    drop(crate::config::connect(cfg, database).await?);
-    let (client, mut connection) = pg.connect(tokio_postgres::NoTls).await.map_err(|e| {
-        Error::new(
-            ErrorKind::SourceUnreachable,
-            format!("cannot open the notify listener's connection: {e}"),
-        )
-    })?;
+    let (client, mut connection) = crate::config::connect_raw(cfg, database)
+        .await
+        .map_err(|e| e.context("the notify listener's connection"))?;
     tokio::spawn(async move {
         let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
         while let Some(m) = messages.next().await {

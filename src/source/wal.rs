@@ -55,8 +55,7 @@ pub const SESSION_OPTIONS: &str = "-c DateStyle=ISO,MDY -c TimeZone=UTC -c Inter
 /// What the WAL reader connects to and how it streams.
 #[derive(Debug, Clone)]
 pub struct WalReaderConfig {
-    /// Host name or IP, or a Unix socket directory (starting with `/`). No TLS: the crate is built
-    /// without its TLS feature.
+    /// Host name or IP, or a Unix socket directory (starting with `/`, never with TLS).
     pub host: String,
     /// Port.
     pub port: u16,
@@ -84,6 +83,8 @@ pub struct WalReaderConfig {
     pub application_name: String,
     /// Longest wait for the connection, authentication and START_REPLICATION.
     pub connect_timeout: Duration,
+    /// TLS, with libpq's sslmode meanings (see `source::replication_tls`).
+    pub tls: crate::config::tls::PgTls,
 }
 
 impl WalReaderConfig {
@@ -112,28 +113,22 @@ impl WalReaderConfig {
             event_buffer: 4096,
             application_name: "pgsync-rs".into(),
             connect_timeout: Duration::from_secs(30),
+            tls: crate::config::tls::PgTls::disabled(),
         }
     }
 
     /// The replication connection matching an ordinary connection's settings (first host and
     /// port, user, password, database, application name, connect timeout), e.g. from
-    /// `Config::postgres_for(database)`. `sslmode=require` is refused: the replication client is
-    /// built without TLS.
+    /// `Config::postgres_for(database)`; TLS comes from [`WalReaderConfig::tls`].
     pub fn from_postgres_config(
         pg: &tokio_postgres::Config,
         slot: impl Into<String>,
         publication: impl Into<String>,
     ) -> Result<Self> {
-        use tokio_postgres::config::{Host, SslMode};
+        use tokio_postgres::config::Host;
         let database = pg
             .get_dbname()
             .ok_or_else(|| Error::config("the replication connection needs a database name"))?;
-        if pg.get_ssl_mode() == SslMode::Require {
-            return Err(Error::config(
-                "the replication connection cannot use sslmode=require: this build has no TLS for it",
-            )
-            .with_hint("set postgres.sslmode (PG_SSLMODE) to disable or prefer, or reach the server through a TLS tunnel"));
-        }
         let host = match pg.get_hosts().first() {
             Some(Host::Tcp(h)) => h.clone(),
             #[cfg(unix)]
@@ -162,7 +157,7 @@ impl WalReaderConfig {
         Ok(cfg)
     }
 
-    fn replication_config(&self) -> ReplicationConfig {
+    fn replication_config(&self, tls: pgwire_replication::TlsConfig) -> ReplicationConfig {
         ReplicationConfig::new(
             self.host.as_str(),
             self.user.as_str(),
@@ -177,6 +172,7 @@ impl WalReaderConfig {
         .with_buffer_size(self.event_buffer.max(1))
         .with_options(SESSION_OPTIONS)
         .with_application_name(self.application_name.as_str())
+        .with_tls(tls)
     }
 }
 
@@ -532,14 +528,45 @@ pub async fn run(
 /// How long [`run_until`] waits for a slot another connection still holds.
 const SLOT_BUSY_WAIT: Duration = Duration::from_secs(30);
 
-/// Connects and starts streaming; `None` when asked to stop meanwhile.
+/// Connects and starts streaming, trying TLS and plain in libpq's order for the sslmode; `None`
+/// when asked to stop meanwhile.
 async fn start_stream(
     cfg: &WalReaderConfig,
     stop: &mut StopSignals,
 ) -> Result<Option<ReplicationClient>> {
-    let mut client = ReplicationClient::connect(cfg.replication_config())
-        .await
-        .map_err(|e| wire_error(e, cfg))?;
+    use super::replication_tls::{tls_config, worth_next_attempt};
+    let attempts = cfg.tls.attempts();
+    let mut failures = vec![];
+    for (i, &attempt) in attempts.iter().enumerate() {
+        let tls = tls_config(&cfg.tls, attempt, &cfg.host, cfg.port).await?;
+        match start_attempt(cfg, tls, stop).await {
+            Err(e) if i + 1 < attempts.len() && worth_next_attempt(&e) => {
+                failures.push((attempt, e.to_string()))
+            }
+            Err(e) => {
+                let e = wire_error(e, cfg);
+                if failures.is_empty() {
+                    return Err(e);
+                }
+                failures.push((attempt, e.message.clone()));
+                let all = crate::config::tls::describe_failures(&failures);
+                return Err(Error::new(e.kind, all));
+            }
+            Ok(client) => return Ok(client),
+        }
+    }
+    Err(Error::internal(
+        "no replication connection attempt was made",
+    ))
+}
+
+/// One connection attempt with the given TLS settings.
+async fn start_attempt(
+    cfg: &WalReaderConfig,
+    tls: pgwire_replication::TlsConfig,
+    stop: &mut StopSignals,
+) -> std::result::Result<Option<ReplicationClient>, PgWireError> {
+    let mut client = ReplicationClient::connect(cfg.replication_config(tls)).await?;
     tokio::select! {
         biased;
         _ = stop.wait() => {
@@ -547,16 +574,13 @@ async fn start_stream(
             return Ok(None);
         }
         started = tokio::time::timeout(cfg.connect_timeout, client.wait_started()) => match started {
-            Ok(started) => started.map_err(|e| wire_error(e, cfg))?,
+            Ok(started) => started?,
             Err(_) => {
                 client.abort();
-                return Err(Error::new(
-                    ErrorKind::SourceUnreachable,
-                    format!(
-                        "replication connection to {}:{}/{} did not start within {:?}",
-                        cfg.host, cfg.port, cfg.database, cfg.connect_timeout
-                    ),
-                ));
+                return Err(PgWireError::Io(std::sync::Arc::new(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("did not start within {:?}", cfg.connect_timeout),
+                ))));
             }
         },
     }
@@ -752,7 +776,11 @@ pub fn spawn_reader(
     started: watch::Sender<bool>,
 ) -> tokio::task::JoinHandle<()> {
     let reader_cfg =
-        WalReaderConfig::from_postgres_config(&cfg.postgres_for(database), slot, publication);
+        WalReaderConfig::from_postgres_config(&cfg.postgres_for(database), slot, publication)
+            .and_then(|mut r| {
+                r.tls = cfg.postgres_tls()?;
+                Ok(r)
+            });
     let (exit_tx, exit_rx) = oneshot::channel();
     let arbiter = match reader_cfg {
         // Arbiters need a running actix System; without one, a plain tokio task does the work.
@@ -879,7 +907,7 @@ mod tests {
         assert_eq!(cfg.application_name, "sync");
         assert_eq!(cfg.connect_timeout, Duration::from_secs(7));
         assert_eq!(cfg.start_lsn, 0);
-        let rc = cfg.replication_config();
+        let rc = cfg.replication_config(pgwire_replication::TlsConfig::disabled());
         assert_eq!(rc.options.as_deref(), Some(SESSION_OPTIONS));
         assert!(!rc.is_unix_socket());
 
@@ -888,11 +916,9 @@ mod tests {
             .unwrap();
         let cfg = WalReaderConfig::from_postgres_config(&unix, "s", "p").unwrap();
         assert_eq!((cfg.host.as_str(), cfg.port), ("/run/postgresql", 5433));
-        assert!(cfg.replication_config().is_unix_socket());
-
-        let tls: tokio_postgres::Config = "host=h dbname=d sslmode=require".parse().unwrap();
-        let e = WalReaderConfig::from_postgres_config(&tls, "s", "p").unwrap_err();
-        assert_eq!(e.kind, ErrorKind::Config);
+        assert!(cfg
+            .replication_config(pgwire_replication::TlsConfig::disabled())
+            .is_unix_socket());
         let no_db: tokio_postgres::Config = "host=h".parse().unwrap();
         assert!(WalReaderConfig::from_postgres_config(&no_db, "s", "p").is_err());
     }

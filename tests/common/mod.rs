@@ -276,7 +276,13 @@ pub fn pgsync_bin() -> PathBuf {
 /// variables pgsync reads (PG_*, ELASTICSEARCH_*, PGSYNC_*, RUST_LOG, ...), so the machine's
 /// environment cannot change what the test sees. Panics if it runs longer than [`RUN_TIMEOUT`].
 pub fn run_pgsync(args: &[&str], cwd: &Path) -> Outcome {
-    let mut cmd = Command::new(pgsync_bin());
+    run_program(&pgsync_bin(), args, cwd, &[])
+}
+
+/// Like [`run_pgsync`] for `program` (e.g. the binary under another name, as PGSync's
+/// `bootstrap`), with `env` added to the cleared environment.
+pub fn run_program(program: &Path, args: &[&str], cwd: &Path, env: &[(&str, String)]) -> Outcome {
+    let mut cmd = Command::new(program);
     cmd.args(args)
         .current_dir(cwd)
         .env_clear()
@@ -289,9 +295,10 @@ pub fn run_pgsync(args: &[&str], cwd: &Path) -> Outcome {
         }
     }
     cmd.env("NO_COLOR", "1");
+    cmd.envs(env.iter().map(|(k, v)| (k, v)));
     let mut child = cmd
         .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", pgsync_bin().display()));
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", program.display()));
     let mut out = child.stdout.take().unwrap();
     let mut err = child.stderr.take().unwrap();
     let out_reader = std::thread::spawn(move || {
@@ -323,7 +330,8 @@ pub fn run_pgsync(args: &[&str], cwd: &Path) -> Outcome {
     };
     if status.is_none() {
         panic!(
-            "pgsync {} did not finish within {RUN_TIMEOUT:?}\n{}",
+            "{} {} did not finish within {RUN_TIMEOUT:?}\n{}",
+            program.display(),
             args.join(" "),
             outcome.output()
         );

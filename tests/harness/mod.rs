@@ -16,11 +16,15 @@ mod osmem;
 mod postgres;
 mod process;
 mod redis;
+mod tls;
 
 pub use osmem::{http_request, osmem_bin, Osmem};
-pub use postgres::{pg_bin_dir, quote_ident, shared_postgres, unique_db_name, Postgres};
+pub use postgres::{
+    pg_bin_dir, quote_ident, shared_postgres, unique_db_name, Postgres, PostgresOptions, ServerSsl,
+};
 pub use process::{free_port, Watchdog};
-pub use redis::{redis_cmd, Redis, Resp};
+pub use redis::{redis_cmd, redis_cmd_as, Redis, Resp};
+pub use tls::{CertFiles, TestCa};
 
 use std::future::Future;
 use std::path::PathBuf;

@@ -15,14 +15,43 @@ pub struct Postgres {
     port: AtomicU16,
     bin_dir: PathBuf,
     run_as: Option<(u32, u32)>,
+    /// `-c` settings beyond the defaults, from [`PostgresOptions`].
+    settings: Vec<String>,
     running: Mutex<Option<Supervised>>,
     // Declared last so the server is stopped before its files go.
     dir: tempfile::TempDir,
 }
 
+/// What a server started with [`Postgres::start_with`] has beyond the defaults.
+#[derive(Debug, Clone, Default)]
+pub struct PostgresOptions {
+    /// TLS: `ssl = on` with this certificate.
+    pub ssl: Option<ServerSsl>,
+    /// The whole pg_hba.conf (the default trusts everything).
+    pub hba: Option<String>,
+    /// More `name=value` settings, passed as `-c`.
+    pub settings: Vec<String>,
+}
+
+/// The server side of TLS.
+#[derive(Debug, Clone)]
+pub struct ServerSsl {
+    /// Server certificate (PEM).
+    pub cert_pem: String,
+    /// Its private key (PEM).
+    pub key_pem: String,
+    /// CA certificates client certificates are checked against (`ssl_ca_file`), if any.
+    pub client_ca_pem: Option<String>,
+}
+
 impl Postgres {
     /// initdb + start; panics with the server log if either fails.
     pub fn start() -> Postgres {
+        Postgres::start_with(PostgresOptions::default())
+    }
+
+    /// Like [`Postgres::start`] with TLS, a pg_hba.conf or more settings.
+    pub fn start_with(opts: PostgresOptions) -> Postgres {
         let bin_dir = pg_bin_dir();
         let run_as = run_as_user();
         // A user we switch to must be able to reach the directory, and
@@ -64,10 +93,28 @@ impl Postgres {
             .wait();
         assert!(status.success(), "initdb failed ({status}):\n{log}");
 
+        let mut settings = opts.settings.clone();
+        if let Some(ssl) = &opts.ssl {
+            write_private(&data.join("server.crt"), &ssl.cert_pem, run_as);
+            write_private(&data.join("server.key"), &ssl.key_pem, run_as);
+            settings.extend([
+                "ssl=on".into(),
+                "ssl_cert_file=server.crt".into(),
+                "ssl_key_file=server.key".into(),
+            ]);
+            if let Some(ca) = &ssl.client_ca_pem {
+                write_private(&data.join("client_ca.crt"), ca, run_as);
+                settings.push("ssl_ca_file=client_ca.crt".into());
+            }
+        }
+        if let Some(hba) = &opts.hba {
+            write_private(&data.join("pg_hba.conf"), hba, run_as);
+        }
         let pg = Postgres {
             port: AtomicU16::new(free_port()),
             bin_dir,
             run_as,
+            settings,
             running: Mutex::new(None),
             dir,
         };
@@ -195,7 +242,7 @@ impl Postgres {
             for setting in [
                 "listen_addresses=127.0.0.1",
                 "wal_level=logical",
-                "max_replication_slots=20",
+                "max_replication_slots=64",
                 "max_wal_senders=20",
                 "max_connections=200",
                 "fsync=off",
@@ -208,6 +255,9 @@ impl Postgres {
                 "TimeZone=UTC",
                 "log_timezone=UTC",
             ] {
+                cmd.arg("-c").arg(setting);
+            }
+            for setting in &self.settings {
                 cmd.arg("-c").arg(setting);
             }
             as_user(&mut cmd, self.run_as);
@@ -239,6 +289,12 @@ impl Postgres {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
+    }
+
+    /// The Unix socket directory (`host` for local connections, which pg_hba.conf's `local`
+    /// lines match).
+    pub fn socket_dir(&self) -> PathBuf {
+        self.dir.path().to_path_buf()
     }
 
     fn is_ready(&self, port: u16) -> bool {
@@ -340,6 +396,17 @@ fn run_as_user() -> Option<(u32, u32)> {
         }
     }
     panic!("running as root and no non-root user for postgres; run scripts/install-deps.sh")
+}
+
+/// Writes a file only its owner may read, owned by the server's user (PostgreSQL refuses a key
+/// others can read).
+fn write_private(path: &Path, text: &str, run_as: Option<(u32, u32)>) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    if let Some((uid, gid)) = run_as {
+        std::os::unix::fs::chown(path, Some(uid), Some(gid)).unwrap();
+    }
 }
 
 fn as_user(cmd: &mut Command, run_as: Option<(u32, u32)>) {

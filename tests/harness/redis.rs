@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 /// a watchdog does so if the test process dies first.
 pub struct Redis {
     port: AtomicU16,
+    /// More `redis-server` arguments, from [`Redis::start_with`].
+    args: Vec<String>,
     running: Mutex<Option<Supervised>>,
     dir: tempfile::TempDir,
 }
@@ -36,12 +38,19 @@ pub enum Resp {
 impl Redis {
     /// Starts on a free port and waits until PING answers.
     pub fn start() -> Redis {
+        Redis::start_with(Vec::new())
+    }
+
+    /// Like [`Redis::start`] with more `redis-server` arguments (e.g. `--tls-port`, `--user`);
+    /// the plain port stays open for the harness's own commands.
+    pub fn start_with(args: Vec<String>) -> Redis {
         let dir = tempfile::Builder::new()
             .prefix("pgsync-test-redis-")
             .tempdir()
             .expect("create redis temp dir");
         let redis = Redis {
             port: AtomicU16::new(free_port()),
+            args,
             running: Mutex::new(None),
             dir,
         };
@@ -100,6 +109,11 @@ impl Redis {
         redis_cmd(self.port(), args).unwrap_or_else(|e| panic!("redis {args:?}: {e}"))
     }
 
+    /// Like [`Redis::cmd`] after `AUTH` with `auth` (`[password]` or `[user, password]`).
+    pub fn cmd_as(&self, auth: &[&str], args: &[&str]) -> Resp {
+        redis_cmd_as(self.port(), auth, args).unwrap_or_else(|e| panic!("redis {args:?}: {e}"))
+    }
+
     fn lock(&self) -> MutexGuard<'_, Option<Supervised>> {
         self.running.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -116,6 +130,7 @@ impl Redis {
             cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
                 .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
                 .args(["--logfile", ""])
+                .args(&self.args)
                 .arg("--dir")
                 .arg(self.dir.path())
                 .current_dir(self.dir.path());
@@ -123,7 +138,12 @@ impl Redis {
                 .expect("spawn redis-server");
             let deadline = Instant::now() + Duration::from_secs(30);
             loop {
-                if redis_cmd(port, &["PING"]).is_ok_and(|r| r == Resp::Simple("PONG".into())) {
+                // A server with a password (`--requirepass`) answers NOAUTH: it is up too.
+                if redis_cmd(port, &["PING"]).is_ok_and(|r| match r {
+                    Resp::Simple(s) => s == "PONG",
+                    Resp::Error(e) => e.starts_with("NOAUTH"),
+                    _ => false,
+                }) {
                     *guard = Some(sup);
                     return;
                 }
@@ -157,16 +177,34 @@ impl Drop for Redis {
 
 /// One RESP command over a new TCP connection (no client crate needed).
 pub fn redis_cmd(port: u16, args: &[&str]) -> std::io::Result<Resp> {
+    redis_cmd_as(port, &[], args)
+}
+
+/// One RESP command over a new TCP connection, after `AUTH auth...` when `auth` is not empty.
+pub fn redis_cmd_as(port: u16, auth: &[&str], args: &[&str]) -> std::io::Result<Resp> {
     let mut stream = TcpStream::connect(("127.0.0.1", port))?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let mut req = format!("*{}\r\n", args.len()).into_bytes();
-    for a in args {
-        req.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-        req.extend_from_slice(a.as_bytes());
-        req.extend_from_slice(b"\r\n");
+    let encode = |args: &[&str]| {
+        let mut req = format!("*{}\r\n", args.len()).into_bytes();
+        for a in args {
+            req.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+            req.extend_from_slice(a.as_bytes());
+            req.extend_from_slice(b"\r\n");
+        }
+        req
+    };
+    let mut reader = BufReader::new(stream.try_clone()?);
+    if !auth.is_empty() {
+        let cmd: Vec<&str> = std::iter::once("AUTH")
+            .chain(auth.iter().copied())
+            .collect();
+        stream.write_all(&encode(&cmd))?;
+        if let Resp::Error(e) = read_resp(&mut reader)? {
+            return Ok(Resp::Error(e));
+        }
     }
-    stream.write_all(&req)?;
-    read_resp(&mut BufReader::new(stream))
+    stream.write_all(&encode(args))?;
+    read_resp(&mut reader)
 }
 
 fn read_resp(r: &mut impl BufRead) -> std::io::Result<Resp> {
