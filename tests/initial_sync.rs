@@ -78,8 +78,8 @@ fn transform_and_document_mappings_are_applied_to_the_created_index() {
     lib.work
         .pgsync(&["run", "--once"])
         .assert_code(0, "pgsync run --once");
-    let mapping = lib.os.get_json("/book/_mapping");
-    let props = &mapping["book"]["mappings"]["properties"];
+    let mapping = lib.os.mappings("book");
+    let props = &mapping["properties"];
     assert_eq!(props["isbn"]["type"], "keyword", "{mapping}");
     assert_eq!(props["book_title"]["type"], "text", "{mapping}");
     assert_eq!(props["authors"]["type"], "nested", "{mapping}");
@@ -131,11 +131,8 @@ fn recreate_replaces_the_index_so_stray_documents_are_gone() {
     assert_eq!(lib.os.count("book"), 4);
     assert_eq!(lib.os.count("edition"), 5);
     // The recreated index got the schema's mapping again.
-    let mapping = lib.os.get_json("/book/_mapping");
-    assert_eq!(
-        mapping["book"]["mappings"]["properties"]["isbn"]["type"],
-        "keyword"
-    );
+    let mapping = lib.os.mappings("book");
+    assert_eq!(mapping["properties"]["isbn"]["type"], "keyword");
 }
 
 /// The library fixture with `copies` mapped as a short: edition 1|2's printing of 200000 copies

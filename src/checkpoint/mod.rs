@@ -10,7 +10,8 @@ mod store;
 
 pub use leader::{lock_key, process_token, LeaderLock, LeaderLocks, Leadership, Renewal, MIN_TTL};
 pub use store::{
-    is_transient, redis_client, redis_key, CheckpointRecord, InitialProgress, RangeState, Store,
+    is_transient, redis_client, redis_key, CheckpointRecord, InitialProgress, RangeState, Retired,
+    Store,
 };
 
 use actix::prelude::*;

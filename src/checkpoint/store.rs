@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// A stored checkpoint.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CheckpointRecord {
     /// Stream position (LSN in `wal` mode, transaction-id horizon in `notify` mode).
     pub position: u64,
@@ -24,10 +24,30 @@ pub struct CheckpointRecord {
     /// one at start-up means the index was deleted or re-created, and is synced again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub index_uuid: Option<String>,
+    /// The physical index behind the alias that the documents are written to (`None`: the index
+    /// of the alias's own name, from before aliases).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub physical: Option<String>,
+    /// The definition (schema.json entry) the index was built with: a different one at start-up
+    /// is a migration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub definition: Option<serde_json::Value>,
+    /// Physical indexes replaced by a migration, deleted once `migration.keep_old_secs` passed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retired: Vec<Retired>,
+}
+
+/// A physical index an alias no longer points to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Retired {
+    /// Its name.
+    pub physical: String,
+    /// When it may be deleted (seconds since the epoch).
+    pub delete_after: u64,
 }
 
 /// Progress of an initial sync.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InitialProgress {
     /// Where streaming starts once the sync is done (the slot's consistent point, or the
     /// transaction-id horizon read after the triggers existed).
@@ -53,6 +73,9 @@ impl CheckpointRecord {
             initial_sync_done: true,
             initial: None,
             index_uuid: None,
+            physical: None,
+            definition: None,
+            retired: vec![],
         }
     }
 

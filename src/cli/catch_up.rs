@@ -32,6 +32,7 @@ const POLL: Duration = Duration::from_millis(200);
 pub async fn catch_up(cfg: &Config, recreate: bool) -> Result<i32> {
     let file = load_schema(cfg)?;
     let plans = resolve_all(cfg, &file).await?;
+    crate::plugin::load_for(cfg, &plans)?;
     let sink = Sink::from_config(cfg)?;
     sink.check().await?;
     let store = Store::open(&cfg.checkpoint).await?;

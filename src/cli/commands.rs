@@ -3,6 +3,7 @@
 use super::Action;
 use crate::config::Config;
 use crate::config::OnRejected;
+use crate::pipeline::destination::Destination;
 use crate::pipeline::initial::initial_sync;
 use crate::pipeline::writer::Rejections;
 use crate::schema::mapping::index_body;
@@ -67,7 +68,12 @@ pub async fn run_once(cfg: &Config, recreate: bool) -> Result<i32> {
             .await?;
         let rejections = Rejections::open(cfg, &sink, &plan.spec.index).await?;
         let where_to = rejections.store.describe();
-        let summary = initial_sync(cfg, plan.clone(), sink.clone(), rejections, None).await?;
+        let dest = Destination {
+            plan: plan.clone(),
+            physical: plan.spec.index.as_str().into(),
+            rejections,
+        };
+        let summary = initial_sync(cfg, sink.clone(), &dest, None).await?;
         sink.refresh(&plan.spec.index).await?;
         println!("{summary}");
         if summary.dead_lettered > 0 {

@@ -2,6 +2,7 @@
 //! rebuilding them from the current rows once the cause is fixed (a mapping, a bad value).
 
 use crate::config::Config;
+use crate::pipeline::destination::Destination;
 use crate::pipeline::initial::rebuild;
 use crate::pipeline::messages::RootKey;
 use crate::pipeline::writer::Rejections;
@@ -97,7 +98,13 @@ async fn retry(
         return Ok(0);
     }
     let store = rejections.store.clone();
-    let summary = rebuild(cfg, plan, sink.clone(), rejections, keys).await?;
+    let physical = sink.physical_of(&index).await?;
+    let dest = Destination {
+        plan,
+        physical: physical.into(),
+        rejections,
+    };
+    let summary = rebuild(cfg, sink.clone(), &dest, keys).await?;
     sink.refresh(&index).await?;
     let still: Vec<String> = store.list().await?.into_iter().map(|e| e.doc_id).collect();
     let still = entries.iter().filter(|e| still.contains(&e.doc_id)).count();

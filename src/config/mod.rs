@@ -44,6 +44,17 @@ pub struct Config {
     pub dead_letter: DeadLetterConfig,
     /// Where PGSync's Python plugins are and how they run.
     pub plugins: PluginsConfig,
+    /// Zero-downtime schema migrations.
+    pub migration: MigrationConfig,
+}
+
+/// Changing the schema: a new physical index is built beside the live one and the alias swapped.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MigrationConfig {
+    /// Seconds the replaced physical index is kept after the swap (to compare, or to swap back by
+    /// hand) before it is deleted; 0 deletes it at once.
+    pub keep_old_secs: u64,
 }
 
 /// Retries of transient faults (a service down or restarting, a stage that failed): the daemon

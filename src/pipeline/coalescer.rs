@@ -5,13 +5,28 @@
 //! again behind a slow search engine.
 
 use super::lanes::ReceiverStream;
-use super::messages::Window;
+use super::messages::{Completion, Window};
 use super::stage::{Errors, StageGuard};
+use crate::checkpoint::Event;
 use crate::source::change::{Change, Transaction};
 use crate::Error;
 use actix::prelude::*;
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
+
+/// Where the coalescer hands windows: one query builder per destination (two while a migration
+/// builds a new index beside the live one), and the checkpointer each window is registered with.
+pub struct CoalescerWires {
+    /// One sender per destination's query builder.
+    pub outs: Vec<mpsc::Sender<Window>>,
+    /// The checkpointer's input.
+    pub checkpoints: mpsc::UnboundedSender<Event>,
+    /// The highest position received so far (a migration waits for the new index to reach it).
+    pub received: watch::Sender<u64>,
+    /// Where a failure is reported.
+    pub errors: Errors,
+}
 
 /// Coalescing settings.
 #[derive(Debug, Clone, Copy)]
@@ -28,8 +43,7 @@ pub struct CoalesceSettings {
 pub struct Coalescer {
     settings: CoalesceSettings,
     input: Option<mpsc::Receiver<Transaction>>,
-    out: mpsc::Sender<Window>,
-    errors: Errors,
+    wires: CoalescerWires,
     buffer: Vec<Change>,
     position: Option<u64>,
     timer: Option<SpawnHandle>,
@@ -38,20 +52,18 @@ pub struct Coalescer {
 }
 
 impl Coalescer {
-    /// A coalescer of `index` reading `input` and handing windows to `out`.
+    /// A coalescer of `index` reading `input` and handing windows on `wires`.
     pub fn new(
         index: &str,
         settings: CoalesceSettings,
         input: mpsc::Receiver<Transaction>,
-        out: mpsc::Sender<Window>,
-        errors: Errors,
+        wires: CoalescerWires,
     ) -> Self {
-        let guard = StageGuard::new(format!("coalescer of index {index}"), errors.clone());
+        let guard = StageGuard::new(format!("coalescer of index {index}"), wires.errors.clone());
         Coalescer {
             settings,
             input: Some(input),
-            out,
-            errors,
+            wires,
             buffer: vec![],
             position: None,
             timer: None,
@@ -76,7 +88,7 @@ impl Coalescer {
         if self.position.is_none() || self.sending {
             return;
         }
-        let busy = self.out.capacity() == 0;
+        let busy = self.wires.outs.iter().any(|o| o.capacity() == 0);
         if !force && busy && self.buffer.len() < self.settings.max_changes {
             self.arm_timer(ctx);
             return;
@@ -84,24 +96,50 @@ impl Coalescer {
         let Some(position) = self.position.take() else {
             return;
         };
-        let window = Window {
-            changes: std::mem::take(&mut self.buffer),
-            position,
-        };
-        let out = self.out.clone();
+        let window = self.window(position);
+        let outs = self.wires.outs.clone();
         self.sending = true;
-        ctx.wait(
-            async move { out.send(window).await }
-                .into_actor(self)
-                .map(|r, act, ctx| {
-                    act.sending = false;
-                    if r.is_err() {
-                        let _ = act.errors.send(Error::stage("the query builder stopped"));
-                        act.guard.finish();
-                        ctx.stop();
-                    }
-                }),
+        let send = async move {
+            for out in &outs {
+                out.send(window.clone()).await.map_err(|_| ())?;
+            }
+            window.completion.done();
+            Ok::<(), ()>(())
+        };
+        ctx.wait(send.into_actor(self).map(|r, act, ctx| {
+            act.sending = false;
+            if r.is_err() {
+                let _ = act
+                    .wires
+                    .errors
+                    .send(Error::stage("the query builder stopped"));
+                act.guard.finish();
+                ctx.stop();
+            }
+        }));
+    }
+
+    /// The buffered changes as a window registered with the checkpointer, under a completion
+    /// that reports it done, or the run failed when a part of it is dropped unwritten.
+    fn window(&mut self, position: u64) -> Window {
+        let cps = self.wires.checkpoints.clone();
+        let errors = self.wires.errors.clone();
+        let _ = cps.send(Event::Register(position));
+        let completion = Completion::new(
+            move || {
+                let _ = cps.send(Event::Done(position));
+            },
+            move || {
+                let _ = errors.send(Error::stage(format!(
+                    "the documents of the changes up to position {position} were not all written"
+                )));
+            },
         );
+        Window {
+            changes: Arc::new(std::mem::take(&mut self.buffer)),
+            position,
+            completion,
+        }
     }
 }
 
@@ -119,6 +157,11 @@ impl StreamHandler<Transaction> for Coalescer {
     fn handle(&mut self, tx: Transaction, ctx: &mut Context<Self>) {
         self.buffer.extend(tx.changes);
         self.position = Some(self.position.map_or(tx.position, |p| p.max(tx.position)));
+        self.wires.received.send_if_modified(|r| {
+            let grew = tx.position > *r;
+            *r = (*r).max(tx.position);
+            grew
+        });
         if self.buffer.len() >= self.settings.max_changes {
             self.flush(ctx, false);
         } else if self.timer.is_none() {

@@ -4,16 +4,18 @@
 //! the index's pipeline from the last stored checkpoint with backoff; a permanent one ends the
 //! daemon with its cause. SIGTERM/SIGINT drain in-flight work, store the checkpoint and exit 0.
 
-use super::bootstrap::{bootstrap_index, capture_exists, names, Boot};
+use super::bootstrap::{bootstrap_index, capture_exists, names};
+use super::destination::Destination;
 use super::initial::{initial_sync, RangeLog};
-use super::streaming::{stream, StreamRun};
+use super::migration::{self, Step};
+use super::streaming::{stream, StreamEnd, StreamRun};
 use super::supervisor::{await_service, supervise, Backoff};
 use super::writer::Rejections;
-use crate::checkpoint::{CheckpointRecord, InitialProgress, LeaderLocks, Store};
+use crate::checkpoint::{CheckpointRecord, LeaderLocks, Store};
 use crate::config::{CaptureMode, Config};
-use crate::schema::mapping::index_body;
 use crate::schema::resolve::IndexPlan;
 use crate::schema::{load as load_schema, resolve_all, SchemaFile};
+use crate::sink::alias::AliasState;
 use crate::sink::Sink;
 use crate::source::slot;
 use crate::{Error, ErrorKind, Result};
@@ -154,8 +156,14 @@ pub async fn run_index_pass(
         sink,
         store,
     };
-    let (healthy, _) = watch::channel(false);
-    run_index_once(&ix, stop, healthy, recreate).await
+    let mut recreate = recreate;
+    loop {
+        let (healthy, _) = watch::channel(false);
+        if !run_index_once(&ix, stop.clone(), healthy, recreate).await? {
+            return Ok(());
+        }
+        recreate = false;
+    }
 }
 
 /// Runs one index until stopped, restarting it after transient faults.
@@ -183,13 +191,15 @@ async fn supervise_index(
     .await
 }
 
-/// One supervised run: bootstrap, initial sync when needed, then streaming until stopped.
+/// One supervised run: bootstrap, then what the index needs (a build into a new physical index,
+/// a migration, or nothing), then streaming until stopped. `Ok(true)`: run again at once (a
+/// migration swapped in the new index).
 async fn run_index_once(
     ix: &IndexRun<'_>,
     stop: watch::Receiver<bool>,
     healthy: watch::Sender<bool>,
     recreate: bool,
-) -> Result<()> {
+) -> Result<bool> {
     let (cfg, plan) = (ix.cfg, &ix.plan);
     let index = &plan.spec.index;
     let n = names(cfg, plan);
@@ -200,15 +210,31 @@ async fn run_index_once(
     }
     let boot = bootstrap_index(cfg, plan).await?;
     tracing::info!(index = %index, "bootstrap: {}", boot.summary);
-    let (uuid, created) = ensure_index(ix, stored.as_ref(), recreate).await?;
-    let rejections = Rejections::open(cfg, &ix.sink, index).await?;
-    let mut record = match plan_start(stored, &boot, created, uuid) {
-        Start::Stream(r) => r,
-        Start::Initial(r) => initial(ix, &n.slot, r, rejections.clone()).await?,
+    let mix = migration::Index {
+        cfg,
+        plan: plan.clone(),
+        sink: ix.sink.clone(),
+        store: ix.store.clone(),
+        key: n.slot.clone(),
     };
-    if record.index_uuid.is_none() {
-        record.index_uuid = ix.sink.index_uuid(index).await?;
-    }
+    let rejections = Rejections::open(cfg, &ix.sink, index).await?;
+    let step = migration::plan_step(&mix, stored, &boot, recreate).await?;
+    let (mut record, destinations, until, running) = match step {
+        Step::Build { record, from } => {
+            let record = build(&mix, record, &from, &rejections).await?;
+            let dest = destination(plan, &record, &rejections);
+            (record, vec![dest], None, None)
+        }
+        Step::Stream(record) => {
+            let dest = destination(plan, &record, &rejections);
+            (record, vec![dest], None, None)
+        }
+        Step::Migrate(m) => {
+            let (dests, until) = migration::migration_run(&mix, &m, &rejections);
+            (m.record.clone(), dests, Some(until), Some(m))
+        }
+    };
+    migration::delete_retired(&mix, &mut record).await?;
     check_server_position(cfg, plan, &record).await?;
     let shown = match cfg.capture.mode {
         CaptureMode::Wal => slot::format_lsn(record.position),
@@ -217,16 +243,74 @@ async fn run_index_once(
     tracing::info!(index = %index, slot = %n.slot, start = %shown, "streaming changes");
     let run = StreamRun {
         cfg,
-        plan: plan.clone(),
+        destinations,
         sink: ix.sink.clone(),
         store: ix.store.clone(),
         key: n.slot.clone(),
         record,
-        rejections,
         slot: n.slot,
         publication: n.publication,
+        until,
     };
-    stream(run, stop, healthy).await
+    let end = stream(run, stop, healthy).await?;
+    match (end, running) {
+        (StreamEnd::Finished, Some(m)) => {
+            migration::finish_migration(&mix, &m).await?;
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
+}
+
+/// The live destination of a record.
+fn destination(
+    plan: &Arc<IndexPlan>,
+    record: &CheckpointRecord,
+    rejections: &Rejections,
+) -> Destination {
+    Destination {
+        plan: plan.clone(),
+        physical: record
+            .physical
+            .clone()
+            .unwrap_or_else(|| plan.spec.index.clone())
+            .into(),
+        rejections: rejections.clone(),
+    }
+}
+
+/// Runs (or resumes) a build into a new physical index, then points the alias at it.
+async fn build(
+    ix: &migration::Index<'_>,
+    record: CheckpointRecord,
+    from: &AliasState,
+    rejections: &Rejections,
+) -> Result<CheckpointRecord> {
+    let dest = destination(&ix.plan, &record, rejections);
+    let start = record.initial.as_ref().map_or(record.position, |p| p.start);
+    let log = RangeLog {
+        store: ix.store.clone(),
+        key: ix.key.clone(),
+        record: record.clone(),
+    };
+    // The slot (or the triggers) exist before the snapshots the sync reads, so every change
+    // committed after them is also streamed afterwards and re-applied from the current rows.
+    let summary = initial_sync(ix.cfg, ix.sink.clone(), &dest, Some(log)).await?;
+    println!("{summary}");
+    if summary.dead_lettered > 0 {
+        println!(
+            "index {}: {} rejected document(s) recorded in {} (see `pgsync dead-letters list`)",
+            dest.alias(),
+            summary.dead_lettered,
+            rejections.store.describe()
+        );
+    }
+    ix.sink.refresh(&dest.physical).await?;
+    let done = CheckpointRecord {
+        position: start,
+        ..ix.store.load(&ix.key).await?.unwrap_or(record)
+    };
+    migration::finish_build(ix, done, from).await
 }
 
 /// The error for a checkpoint whose slot or change log was dropped by someone else.
@@ -245,101 +329,6 @@ fn lost_capture(cfg: &Config, plan: &IndexPlan, slot: &str) -> Error {
             plan.spec.index
         ),
     )
-}
-
-/// Creates the index when missing (or when `recreate`); an index that was re-created behind
-/// our back (its uuid is not the checkpoint's) is created again with our mapping and re-synced.
-/// Returns its uuid and whether it is new.
-async fn ensure_index(
-    ix: &IndexRun<'_>,
-    stored: Option<&CheckpointRecord>,
-    recreate: bool,
-) -> Result<(Option<String>, bool)> {
-    let index = &ix.plan.spec.index;
-    let body = index_body(&ix.plan);
-    let mut created = ix.sink.ensure_index(index, &body, recreate).await?;
-    let mut uuid = ix.sink.index_uuid(index).await?;
-    let known = stored.and_then(|r| r.index_uuid.clone());
-    if !created && known.is_some() && known != uuid {
-        tracing::warn!(
-            index = %index,
-            "index {index} is not the one the checkpoint wrote to (uuid {} now {}): it was deleted or re-created; creating it again and re-syncing",
-            known.as_deref().unwrap_or("?"),
-            uuid.as_deref().unwrap_or("missing")
-        );
-        created = ix.sink.ensure_index(index, &body, true).await?;
-        uuid = ix.sink.index_uuid(index).await?;
-    }
-    Ok((uuid, created))
-}
-
-/// Where a run starts.
-enum Start {
-    /// Streaming from this checkpoint.
-    Stream(CheckpointRecord),
-    /// An initial sync first (this record holds its progress).
-    Initial(CheckpointRecord),
-}
-
-fn plan_start(
-    stored: Option<CheckpointRecord>,
-    boot: &Boot,
-    created: bool,
-    uuid: Option<String>,
-) -> Start {
-    let fresh = CheckpointRecord {
-        position: boot.start,
-        initial_sync_done: false,
-        initial: Some(InitialProgress {
-            start: boot.start,
-            ranges: vec![],
-        }),
-        index_uuid: uuid.clone(),
-    };
-    match stored {
-        _ if created || boot.created => Start::Initial(fresh),
-        Some(mut r) if r.initial_sync_done => {
-            r.index_uuid = r.index_uuid.or(uuid);
-            Start::Stream(r)
-        }
-        Some(r) if r.initial.is_some() => Start::Initial(r),
-        _ => Start::Initial(fresh),
-    }
-}
-
-/// Runs (or resumes) the initial sync, then stores the checkpoint streaming starts from.
-async fn initial(
-    ix: &IndexRun<'_>,
-    key: &str,
-    record: CheckpointRecord,
-    rejections: Rejections,
-) -> Result<CheckpointRecord> {
-    let start = record.initial.as_ref().map_or(record.position, |p| p.start);
-    let log = RangeLog {
-        store: ix.store.clone(),
-        key: key.to_owned(),
-        record: record.clone(),
-    };
-    // The slot (or the triggers) exist before the snapshots the sync reads, so every change
-    // committed after them is also streamed afterwards and re-applied from the current rows.
-    let summary = initial_sync(
-        ix.cfg,
-        ix.plan.clone(),
-        ix.sink.clone(),
-        rejections,
-        Some(log),
-    )
-    .await?;
-    println!("{summary}");
-    ix.sink.refresh(&ix.plan.spec.index).await?;
-    let done = CheckpointRecord {
-        position: start,
-        initial_sync_done: true,
-        initial: None,
-        index_uuid: record.index_uuid,
-    };
-    ix.store.save(key, &done).await?;
-    Ok(done)
 }
 
 /// In wal mode, a checkpoint beyond the server's WAL position means this is not the server the

@@ -45,6 +45,8 @@ pub struct FetchSettings {
     pub lane: usize,
     /// The index's plugins, when its schema entry lists some.
     pub plugins: Option<Arc<crate::plugin::PluginChain>>,
+    /// The physical index the actions address.
+    pub physical: Arc<str>,
 }
 
 /// The fetcher actor. Its input is a bounded channel attached as a stream.
@@ -292,7 +294,7 @@ impl Request {
         position: Option<u64>,
         completion: Option<Completion>,
     ) -> Result<()> {
-        let index = self.s.plan.spec.index.as_str();
+        let index = &*self.s.physical;
         let version = snapshot_version(&conn.client).await?;
         let stmt = prepared(conn, sql, index).await?;
         let p: Vec<&(dyn ToSql + Sync)> = params.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
@@ -370,8 +372,8 @@ impl Request {
         self.stats
             .add_fetched((b.chunk.ids.len() + held.len()) as u64);
         if let (Some(chain), false) = (&self.s.plugins, held.is_empty()) {
-            let (kept, refused) =
-                plugin_step::apply_plugins(chain, b.index, held, &self.stats).await;
+            let alias = self.s.plan.spec.index.as_str();
+            let (kept, refused) = plugin_step::apply_plugins(chain, alias, held, &self.stats).await;
             let pipeline = self.s.plan.spec.pipeline.as_deref();
             for k in kept {
                 b.index(&k.id, k.routing.as_deref(), pipeline, &k.source);

@@ -3,13 +3,14 @@
 //! the engine acknowledged all its documents; with a [`RangeLog`] the daemon stores each finished
 //! range, so a sync killed part-way resumes from the ranges it finished rather than from zero.
 
+use super::destination::Destination;
 use super::fetcher::{FetchSettings, Fetcher};
 use super::lanes::Lanes;
 use super::messages::{Completion, DocChunk, FetchRequest, RootKey};
 use super::planner;
 use super::progress::{Progress, Stats, Summary};
 use super::stage::{connector, Errors, Threads};
-use super::writer::{Rejections, Writer, WriterSettings};
+use super::writer::{Writer, WriterSettings};
 use crate::checkpoint::{CheckpointRecord, RangeState, Store};
 use crate::config::Config;
 use crate::schema::resolve::IndexPlan;
@@ -21,17 +22,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
-/// The writer stage: `pipeline.writers` writers with inputs of `capacity` messages, on `threads`.
-/// Returns their lanes and done signals.
+/// The writer stage: `pipeline.writers` writers of `dest` with inputs of `capacity` messages, on
+/// `threads`. Returns their lanes and done signals.
 #[allow(clippy::too_many_arguments)]
 pub fn spawn_writers(
     cfg: &Config,
     threads: &mut Threads,
     sink: &Sink,
-    index: &str,
+    dest: &Destination,
     stats: &Arc<Stats>,
     errors: &Errors,
-    rejections: &Rejections,
     linger: Duration,
     capacity: usize,
 ) -> (Lanes<DocChunk>, Vec<tokio::sync::oneshot::Receiver<()>>) {
@@ -47,25 +47,10 @@ pub fn spawn_writers(
             in_flight: p.requests_in_flight.max(1),
             linger,
         };
-        let (sink, index, stats, errors, rejections) = (
-            sink.clone(),
-            index.to_owned(),
-            stats.clone(),
-            errors.clone(),
-            rejections.clone(),
-        );
+        let (sink, dest, stats, errors) =
+            (sink.clone(), dest.clone(), stats.clone(), errors.clone());
         Writer::start_in_arbiter(&threads.spawn(), move |_| {
-            Writer::new(
-                n + 1,
-                sink,
-                index,
-                settings,
-                rx,
-                stats,
-                errors,
-                rejections,
-                dtx,
-            )
+            Writer::new(n + 1, sink, &dest, settings, rx, stats, errors, dtx)
         });
         senders.push(tx);
         dones.push(drx);
@@ -73,12 +58,13 @@ pub fn spawn_writers(
     (Lanes::new(senders), dones)
 }
 
-/// The fetcher stage: `n` fetchers with inputs of `capacity` messages, each writing to `out`.
+/// The fetcher stage of `dest`: `n` fetchers with inputs of `capacity` messages, each writing to
+/// `out`.
 #[allow(clippy::too_many_arguments)]
 pub fn spawn_fetchers(
     cfg: &Config,
     threads: &mut Threads,
-    plan: &Arc<IndexPlan>,
+    dest: &Destination,
     out: &Lanes<DocChunk>,
     stats: &Arc<Stats>,
     errors: &Errors,
@@ -86,6 +72,7 @@ pub fn spawn_fetchers(
     capacity: usize,
 ) -> Lanes<FetchRequest> {
     let p = &cfg.pipeline;
+    let plan = &dest.plan;
     let connect = connector(cfg, &plan.spec.database);
     let mut senders = vec![];
     for lane in 0..n.max(1) {
@@ -96,6 +83,7 @@ pub fn spawn_fetchers(
             chunk_docs: p.fetch_chunk.max(1).min(p.batch_docs.max(1)),
             chunk_bytes: p.batch_bytes.max(1024),
             lane,
+            physical: dest.physical.clone(),
             plugins: crate::plugin::chain_for(&plan.spec.index),
         });
         let (out, stats, errors, connect) =
@@ -206,24 +194,22 @@ impl Unit {
 /// yet finished) and writes it to `sink`. Must run inside an actix System.
 pub async fn initial_sync(
     cfg: &Config,
-    plan: Arc<IndexPlan>,
     sink: Sink,
-    rejections: Rejections,
+    dest: &Destination,
     log: Option<RangeLog>,
 ) -> Result<Summary> {
-    run_batch(cfg, plan, sink, rejections, Batch::Ranges(log)).await
+    run_batch(cfg, sink, dest, Batch::Ranges(log)).await
 }
 
 /// Rebuilds the documents of `keys` from the current rows (deleting those whose root row is
 /// gone): `pgsync dead-letters retry`. Must run inside an actix System.
 pub async fn rebuild(
     cfg: &Config,
-    plan: Arc<IndexPlan>,
     sink: Sink,
-    rejections: Rejections,
+    dest: &Destination,
     keys: Vec<RootKey>,
 ) -> Result<Summary> {
-    run_batch(cfg, plan, sink, rejections, Batch::Keys(keys)).await
+    run_batch(cfg, sink, dest, Batch::Keys(keys)).await
 }
 
 /// What a batch run reads.
@@ -232,13 +218,8 @@ enum Batch {
     Keys(Vec<RootKey>),
 }
 
-async fn run_batch(
-    cfg: &Config,
-    plan: Arc<IndexPlan>,
-    sink: Sink,
-    rejections: Rejections,
-    batch: Batch,
-) -> Result<Summary> {
+async fn run_batch(cfg: &Config, sink: Sink, dest: &Destination, batch: Batch) -> Result<Summary> {
+    let plan = dest.plan.clone();
     let started = Instant::now();
     let stats = Arc::new(Stats::default());
     let (err_tx, mut err_rx) = mpsc::unbounded_channel();
@@ -250,17 +231,16 @@ async fn run_batch(
         cfg,
         &mut threads,
         &sink,
-        &index,
+        dest,
         &stats,
         &err_tx,
-        &rejections,
         Duration::from_millis(200),
         cfg.pipeline.channel_capacity,
     );
     let fetch_lanes = spawn_fetchers(
         cfg,
         &mut threads,
-        &plan,
+        dest,
         &write_lanes,
         &stats,
         &err_tx,
@@ -347,8 +327,9 @@ async fn run_units(
                 },
                 move || {
                     let _ = errs.send(Error::stage(format!(
-                        "range {} of the initial sync was not completely written",
-                        i + 1
+                        "range {} of the initial sync: its documents {}",
+                        i + 1,
+                        super::stage::UNWRITTEN
                     )));
                 },
             );
@@ -380,7 +361,7 @@ async fn run_units(
                     l.mark_done(i).await?;
                 }
             }
-            Some(e) = err_rx.recv() => return Err(e),
+            Some(e) = err_rx.recv() => return Err(super::stage::cause(e, err_rx).await),
         }
     }
     match err_rx.try_recv() {

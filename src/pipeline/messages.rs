@@ -19,12 +19,14 @@ pub struct RootKey {
 }
 
 /// A window of coalesced changes, for the query builder to turn into documents to rebuild.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Window {
-    /// The changes, in commit order.
-    pub changes: Vec<Change>,
+    /// The changes, in commit order (shared by every destination of a migration).
+    pub changes: std::sync::Arc<Vec<Change>>,
     /// Position to checkpoint once every document they affect is written.
     pub position: u64,
+    /// Settled once every destination wrote every document the window affects.
+    pub completion: Completion,
 }
 
 /// Work for a fetcher.

@@ -9,7 +9,6 @@
 use super::lanes::{Lanes, ReceiverStream};
 use super::messages::{Completion, FetchRequest, RootKey, Window};
 use super::stage::{Connector, Errors, StageGuard};
-use crate::checkpoint::Event;
 use crate::schema::resolve::{FieldSource, IndexPlan};
 use crate::schema::TableId;
 use crate::source::change::{Change, ChangeOp, Row};
@@ -27,8 +26,6 @@ use tokio_postgres::{Client, Statement};
 pub struct QueryBuilderWires {
     /// The fetcher lanes.
     pub out: Lanes<FetchRequest>,
-    /// Registers positions and their completion with the checkpointer.
-    pub checkpoints: mpsc::UnboundedSender<Event>,
     /// The stored checkpoint, for whole-index barriers.
     pub frontier: watch::Receiver<u64>,
     /// Where a failure is reported.
@@ -113,25 +110,11 @@ impl StreamHandler<Window> for QueryBuilder {
         };
         let plan = self.plan.clone();
         let prior = std::mem::replace(&mut self.last_dispatched, window.position);
-        let (out, checkpoints, frontier, errors) = (
-            self.wires.out.clone(),
-            self.wires.checkpoints.clone(),
-            self.wires.frontier.clone(),
-            self.wires.errors.clone(),
-        );
+        let (out, frontier) = (self.wires.out.clone(), self.wires.frontier.clone());
         let fut = async move {
             let r = async {
                 let work = state.resolve(&plan, &window.changes).await?;
-                dispatch(
-                    work,
-                    window.position,
-                    prior,
-                    &out,
-                    &checkpoints,
-                    frontier,
-                    errors,
-                )
-                .await
+                dispatch(work, window, prior, &out, frontier).await
             }
             .await;
             (state, r)
@@ -340,16 +323,16 @@ impl Resolver {
     }
 }
 
-/// Sends a window's work to the fetchers under one completion for its position.
+/// Sends a window's work to the fetchers, each part under the window's completion, then settles
+/// the query builder's own part.
 async fn dispatch(
     work: Work,
-    position: u64,
+    window: Window,
     prior: u64,
     out: &Lanes<FetchRequest>,
-    checkpoints: &mpsc::UnboundedSender<Event>,
     mut frontier: watch::Receiver<u64>,
-    errors: Errors,
 ) -> Result<()> {
+    let position = window.position;
     if work.delete_all || work.rebuild_all {
         // Barrier: every earlier window is written, then the whole-index steps run alone.
         wait_for(&mut frontier, prior).await;
@@ -367,18 +350,7 @@ async fn dispatch(
             .await?;
         }
     }
-    let _ = checkpoints.send(Event::Register(position));
-    let cps = checkpoints.clone();
-    let c = Completion::new(
-        move || {
-            let _ = cps.send(Event::Done(position));
-        },
-        move || {
-            let _ = errors.send(Error::stage(format!(
-                "the documents of the changes up to position {position} were not all written"
-            )));
-        },
-    );
+    let c = window.completion;
     let mut per_lane: Vec<Vec<RootKey>> = vec![vec![]; out.len()];
     for (_, k) in work.keys {
         per_lane[out.lane_of(&k.id)].push(k);

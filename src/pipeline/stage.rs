@@ -6,7 +6,8 @@
 use crate::Error;
 use actix::{Arbiter, ArbiterHandle};
 use std::cell::RefCell;
-use tokio::sync::mpsc::UnboundedSender;
+use std::time::Duration;
+use tokio::sync::mpsc::{self, UnboundedSender};
 
 /// Where stages report the error that ends a pipeline run.
 pub type Errors = UnboundedSender<Error>;
@@ -137,6 +138,29 @@ impl Drop for StageGuard {
             .send(Error::stage(format!("{} {why}", self.name)));
     }
 }
+
+/// The error to report for a failed run: a unit of work left unwritten is the consequence of a
+/// stage's failure, so when that stage's own error is already queued, it is the cause.
+pub async fn cause(first: Error, rx: &mut mpsc::UnboundedReceiver<Error>) -> Error {
+    if !first.message.contains(UNWRITTEN) {
+        return first;
+    }
+    let specific = async {
+        while let Some(e) = rx.recv().await {
+            if !e.message.contains(UNWRITTEN) {
+                return Some(e);
+            }
+        }
+        None
+    };
+    match tokio::time::timeout(Duration::from_millis(200), specific).await {
+        Ok(Some(e)) => e,
+        _ => first,
+    }
+}
+
+/// What the message of a unit left unwritten says (see the query builder).
+pub const UNWRITTEN: &str = "were not all written";
 
 #[cfg(test)]
 mod tests {

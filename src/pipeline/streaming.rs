@@ -6,16 +6,16 @@
 //! to the supervisor, which starts the next run from the stored checkpoint.
 
 use super::bootstrap::log_names;
-use super::coalescer::{CoalesceSettings, Coalescer};
+use super::coalescer::{CoalesceSettings, Coalescer, CoalescerWires};
+use super::destination::Destination;
 use super::initial::{spawn_fetchers, spawn_writers};
 use super::lanes::Lanes;
 use super::messages::FetchRequest;
+use super::messages::Window;
 use super::query_builder::{QueryBuilder, QueryBuilderWires};
 use super::stage::{connector, Errors, Threads};
-use super::writer::Rejections;
 use crate::checkpoint::{CheckpointRecord, Checkpointer, Store};
 use crate::config::{CaptureMode, Config};
-use crate::schema::resolve::IndexPlan;
 use crate::sink::Sink;
 use crate::source::change::Transaction;
 use crate::source::{notify, slot};
@@ -25,16 +25,16 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
-/// How often a streaming run checks that its index is still the one it writes to.
+/// How often a streaming run checks that its indexes are still the ones it writes to.
 const INDEX_WATCH: Duration = Duration::from_secs(5);
 
 /// What a streaming run needs.
 pub struct StreamRun<'a> {
     /// The configuration.
     pub cfg: &'a Config,
-    /// The index.
-    pub plan: Arc<IndexPlan>,
-    /// Where documents go.
+    /// Where documents go: the live index, and during a migration the index being built.
+    pub destinations: Vec<Destination>,
+    /// The engine (or file).
     pub sink: Sink,
     /// The checkpoint store.
     pub store: Store,
@@ -42,12 +42,34 @@ pub struct StreamRun<'a> {
     pub key: String,
     /// The stored checkpoint to start from.
     pub record: CheckpointRecord,
-    /// What to do with rejected documents.
-    pub rejections: Rejections,
     /// The slot (wal) and publication, or unused in notify mode.
     pub slot: String,
     /// The publication.
     pub publication: String,
+    /// When set, the run drains and ends once this resolves `Ok` (a migration's swap), and fails
+    /// with its error.
+    pub until: Option<Until>,
+}
+
+/// What [`StreamRun::until`] is handed: where the run is.
+pub struct Positions {
+    /// The stored checkpoint: every change up to it is written to every destination.
+    pub frontier: watch::Receiver<u64>,
+    /// The highest position the source delivered.
+    pub received: watch::Receiver<u64>,
+}
+
+/// An end condition for a run, given its positions.
+pub type Until =
+    Box<dyn FnOnce(Positions) -> futures::future::BoxFuture<'static, Result<()>> + Send>;
+
+/// How a run ended without an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamEnd {
+    /// Asked to stop (SIGTERM/SIGINT).
+    Stopped,
+    /// Its end condition was met.
+    Finished,
 }
 
 /// The handles of a running pipeline that the run keeps.
@@ -57,60 +79,89 @@ struct Running {
     reader_stop: watch::Sender<bool>,
     writer_dones: Vec<tokio::sync::oneshot::Receiver<()>>,
     frontier: watch::Receiver<u64>,
+    received: watch::Receiver<u64>,
 }
 
-/// Streams changes until `stop` turns true (drains, stores the checkpoint, `Ok`) or a stage
-/// fails (tears down, `Err`). `started` turns true once the source is connected.
+/// Streams changes until `stop` turns true or the run's end condition is met (drains, stores
+/// the checkpoint) or a stage fails (tears down, `Err`). `started` turns true once the source is
+/// connected.
 pub async fn stream(
-    run: StreamRun<'_>,
+    mut run: StreamRun<'_>,
     mut stop: watch::Receiver<bool>,
     started: watch::Sender<bool>,
-) -> Result<()> {
+) -> Result<StreamEnd> {
     let (err_tx, mut err_rx) = mpsc::unbounded_channel::<Error>();
     let running = spawn(&run, &err_tx, started);
-    let index = run.plan.spec.index.clone();
-    let uuid = run.record.index_uuid.clone();
+    let index = run.destinations[0].alias().to_owned();
+    let until = run.until.take().map(|f| {
+        f(Positions {
+            frontier: running.frontier.clone(),
+            received: running.received.clone(),
+        })
+    });
+    let watched: Vec<String> = run
+        .destinations
+        .iter()
+        .map(|d| d.physical.to_string())
+        .collect();
     let failure = tokio::select! {
-        _ = stop.wait_for(|s| *s) => None,
-        Some(e) = err_rx.recv() => Some(cause(e, &mut err_rx).await),
-        e = watch_index(&run.sink, &index, uuid) => Some(e),
+        _ = stop.wait_for(|s| *s) => Ok(StreamEnd::Stopped),
+        Some(e) = err_rx.recv() => Err(super::stage::cause(e, &mut err_rx).await),
+        e = watch_indexes(&run.sink, &watched) => Err(e),
+        r = maybe(until) => r.map(|_| StreamEnd::Finished),
     };
-    if let Some(e) = failure {
-        let _ = running.reader_stop.send(true);
-        let _ = tokio::time::timeout(Duration::from_secs(5), running.reader).await;
-        running.threads.stop().await;
-        return Err(e);
-    }
+    let end = match failure {
+        Ok(end) => end,
+        Err(e) => {
+            let _ = running.reader_stop.send(true);
+            let _ = tokio::time::timeout(Duration::from_secs(5), running.reader).await;
+            running.threads.stop().await;
+            return Err(e);
+        }
+    };
     let last = drain(running, &mut err_rx).await?;
     finish(&run, last).await?;
     tracing::info!(index = %index, checkpoint = last, "stopped cleanly");
-    Ok(())
+    Ok(end)
 }
 
-/// Spawns the stages back to front: writers, fetchers, checkpointer, query builder, coalescer,
-/// then the source.
-fn spawn(run: &StreamRun<'_>, err_tx: &Errors, started: watch::Sender<bool>) -> Running {
+/// Awaits an optional future (never resolving when there is none).
+async fn maybe(f: Option<futures::future::BoxFuture<'static, Result<()>>>) -> Result<()> {
+    match f {
+        Some(f) => f.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The query builder, fetchers and writers of one destination, spawned back to front; returns
+/// the query builder's input.
+fn spawn_destination(
+    run: &StreamRun<'_>,
+    dest: &Destination,
+    threads: &mut Threads,
+    err_tx: &Errors,
+    frontier: &watch::Receiver<u64>,
+) -> (
+    mpsc::Sender<Window>,
+    Vec<tokio::sync::oneshot::Receiver<()>>,
+) {
     let cfg = run.cfg;
-    let plan = &run.plan;
-    let index = plan.spec.index.clone();
     let stats = Arc::new(super::progress::Stats::default());
-    let mut threads = Threads::default();
     let depth = cfg.capture.queue_depth;
     let (write_lanes, writer_dones) = spawn_writers(
         cfg,
-        &mut threads,
+        threads,
         &run.sink,
-        &index,
+        dest,
         &stats,
         err_tx,
-        &run.rejections,
         Duration::from_millis(5),
         depth,
     );
     let fetch_lanes: Lanes<FetchRequest> = spawn_fetchers(
         cfg,
-        &mut threads,
-        plan,
+        threads,
+        dest,
         &write_lanes,
         &stats,
         err_tx,
@@ -118,38 +169,57 @@ fn spawn(run: &StreamRun<'_>, err_tx: &Errors, started: watch::Sender<bool>) -> 
         depth,
     );
     drop(write_lanes);
+    let (window_tx, window_rx) = mpsc::channel(depth.max(1));
+    let wires = QueryBuilderWires {
+        out: fetch_lanes,
+        frontier: frontier.clone(),
+        errors: err_tx.clone(),
+        connect: connector(cfg, &dest.plan.spec.database),
+    };
+    let plan = dest.plan.clone();
+    QueryBuilder::start_in_arbiter(&threads.spawn(), move |_| {
+        QueryBuilder::new(plan, window_rx, wires)
+    });
+    (window_tx, writer_dones)
+}
+
+/// Spawns the stages back to front: each destination's writers, fetchers and query builder, the
+/// checkpointer, the coalescer, then the source.
+fn spawn(run: &StreamRun<'_>, err_tx: &Errors, started: watch::Sender<bool>) -> Running {
+    let cfg = run.cfg;
+    let mut threads = Threads::default();
     let start = run.record.position;
     let (cp_tx, cp_rx) = mpsc::unbounded_channel();
     let (frontier_tx, frontier_rx) = watch::channel(start);
+    let mut outs = vec![];
+    let mut writer_dones = vec![];
+    for dest in &run.destinations {
+        let (tx, dones) = spawn_destination(run, dest, &mut threads, err_tx, &frontier_rx);
+        outs.push(tx);
+        writer_dones.extend(dones);
+    }
     {
         let (store, key, base) = (run.store.clone(), run.key.clone(), run.record.clone());
         Checkpointer::start_in_arbiter(&threads.spawn(), move |_| {
             Checkpointer::new(key, store, base, cp_rx, frontier_tx)
         });
     }
-    let (window_tx, window_rx) = mpsc::channel(depth.max(1));
-    {
-        let wires = QueryBuilderWires {
-            out: fetch_lanes,
-            checkpoints: cp_tx,
-            frontier: frontier_rx.clone(),
-            errors: err_tx.clone(),
-            connect: connector(cfg, &plan.spec.database),
-        };
-        let plan = plan.clone();
-        QueryBuilder::start_in_arbiter(&threads.spawn(), move |_| {
-            QueryBuilder::new(plan, window_rx, wires)
-        });
-    }
+    let (received_tx, received_rx) = watch::channel(start);
     let (tx_tx, tx_rx) = mpsc::channel::<Transaction>(cfg.pipeline.channel_capacity.max(1) * 16);
     {
         let settings = CoalesceSettings {
             window: Duration::from_millis(cfg.capture.coalesce_window_ms),
             max_changes: cfg.capture.coalesce_max_changes.max(1),
         };
-        let errors = err_tx.clone();
+        let wires = CoalescerWires {
+            outs,
+            checkpoints: cp_tx,
+            received: received_tx,
+            errors: err_tx.clone(),
+        };
+        let index = run.destinations[0].alias().to_owned();
         Coalescer::start_in_arbiter(&threads.spawn(), move |_| {
-            Coalescer::new(&index, settings, tx_rx, window_tx, errors)
+            Coalescer::new(&index, settings, tx_rx, wires)
         });
     }
     let (reader_stop, reader_stop_rx) = watch::channel(false);
@@ -167,6 +237,7 @@ fn spawn(run: &StreamRun<'_>, err_tx: &Errors, started: watch::Sender<bool>) -> 
         reader_stop,
         writer_dones,
         frontier: frontier_rx,
+        received: received_rx,
     }
 }
 
@@ -179,7 +250,8 @@ fn spawn_source(
     started: watch::Sender<bool>,
 ) -> tokio::task::JoinHandle<()> {
     let cfg = run.cfg;
-    let db = &run.plan.spec.database;
+    let plan = &run.destinations[0].plan;
+    let db = &plan.spec.database;
     match cfg.capture.mode {
         CaptureMode::Wal => crate::source::wal::spawn_reader(
             cfg,
@@ -196,7 +268,7 @@ fn spawn_source(
             cfg,
             db,
             notify::ListenerSettings {
-                names: log_names(cfg, &run.plan),
+                names: log_names(cfg, plan),
                 poll_interval: Duration::from_millis(cfg.capture.poll_interval_ms.max(10)),
                 page_rows: cfg.capture.coalesce_max_changes.max(1) as i64,
             },
@@ -232,62 +304,44 @@ async fn drain(running: Running, err_rx: &mut mpsc::UnboundedReceiver<Error>) ->
 /// After a clean stop: moves the slot forward (the reader is gone) so WAL is released now, or
 /// purges the change log below the stored checkpoint.
 async fn finish(run: &StreamRun<'_>, last: u64) -> Result<()> {
-    let client = crate::config::connect(run.cfg, &run.plan.spec.database).await?;
+    let plan = &run.destinations[0].plan;
+    let client = crate::config::connect(run.cfg, &plan.spec.database).await?;
     match run.cfg.capture.mode {
         CaptureMode::Wal => {
             slot::advance_slot(&client, &run.slot, last).await?;
         }
         CaptureMode::Notify => {
-            notify::purge(&client, &log_names(run.cfg, &run.plan), last).await?;
+            notify::purge(&client, &log_names(run.cfg, plan), last).await?;
         }
     }
     Ok(())
 }
 
-/// The error to report for a failed run: a unit of work left unwritten is the consequence of a
-/// stage's failure, so when that stage's own error is already queued, it is the cause.
-async fn cause(first: Error, rx: &mut mpsc::UnboundedReceiver<Error>) -> Error {
-    if !first.message.contains(UNWRITTEN) {
-        return first;
+/// Resolves with an error once one of `physicals` is gone or was re-created (its uuid changed):
+/// the engine lost it (an in-memory engine restarted, an operator deleted it), so the documents
+/// must be written again. Unreachable engines are left to the writers to report.
+async fn watch_indexes(sink: &Sink, physicals: &[String]) -> Error {
+    let mut known = vec![];
+    for p in physicals {
+        known.push(sink.index_uuid(p).await.ok().flatten());
     }
-    let specific = async {
-        while let Some(e) = rx.recv().await {
-            if !e.message.contains(UNWRITTEN) {
-                return Some(e);
-            }
-        }
-        None
-    };
-    match tokio::time::timeout(Duration::from_millis(200), specific).await {
-        Ok(Some(e)) => e,
-        _ => first,
-    }
-}
-
-/// What the message of a unit left unwritten says (see the query builder).
-const UNWRITTEN: &str = "were not all written";
-
-/// Resolves with an error once the index is gone or was re-created (its uuid changed): the
-/// engine lost it (an in-memory engine restarted, an operator deleted it), so the documents must
-/// be written again. Unreachable engines are left to the writers to report.
-async fn watch_index(sink: &Sink, index: &str, uuid: Option<String>) -> Error {
-    let Some(uuid) = uuid else {
-        return std::future::pending().await;
-    };
     loop {
         tokio::time::sleep(INDEX_WATCH).await;
-        match sink.index_uuid(index).await {
-            Ok(Some(u)) if u == uuid => {}
-            Ok(found) => {
-                return Error::new(
-                    ErrorKind::SinkTransient,
-                    format!(
-                        "index {index} was deleted or re-created in the search engine (uuid {uuid}, now {}): its documents are written again",
-                        found.as_deref().unwrap_or("missing")
-                    ),
-                )
+        for (p, uuid) in physicals.iter().zip(&known) {
+            let Some(uuid) = uuid else { continue };
+            match sink.index_uuid(p).await {
+                Ok(Some(u)) if &u == uuid => {}
+                Ok(found) => {
+                    return Error::new(
+                        ErrorKind::SinkTransient,
+                        format!(
+                            "index {p} was deleted or re-created in the search engine (uuid {uuid}, now {}): its documents are written again",
+                            found.as_deref().unwrap_or("missing")
+                        ),
+                    )
+                }
+                Err(_) => {}
             }
-            Err(_) => {}
         }
     }
 }

@@ -66,8 +66,9 @@ fn random_fraction() -> f64 {
 
 /// Runs `attempt` until it succeeds, fails permanently, or `stop` turns true. Each attempt gets a
 /// `healthy` sender to flag once it is connected and working, which ends the outage in the log
-/// and resets the backoff. Transient failures are retried after the backoff for as long as
-/// `give_up_after` allows (`None`: for ever).
+/// and resets the backoff. An attempt that ends with `Ok(true)` asks to be run again at once (its
+/// index changed shape: a migration swapped in a new index). Transient failures are retried
+/// after the backoff for as long as `give_up_after` allows (`None`: for ever).
 pub async fn supervise<F, Fut>(
     what: &str,
     mut backoff: Backoff,
@@ -77,7 +78,7 @@ pub async fn supervise<F, Fut>(
 ) -> Result<()>
 where
     F: FnMut(watch::Sender<bool>) -> Fut,
-    Fut: Future<Output = Result<()>>,
+    Fut: Future<Output = Result<bool>>,
 {
     let mut outage = Outage::new(what);
     loop {
@@ -100,7 +101,12 @@ where
             }
         };
         let e = match result {
-            Ok(()) => {
+            Ok(true) => {
+                outage.recovered();
+                backoff.reset();
+                continue;
+            }
+            Ok(false) => {
                 outage.recovered();
                 return Ok(());
             }
@@ -214,7 +220,7 @@ mod tests {
                             "connection refused",
                         ))
                     } else {
-                        Ok(())
+                        Ok(false)
                     }
                 }
             },
@@ -237,7 +243,7 @@ mod tests {
             move |_| {
                 c.fetch_add(1, Ordering::SeqCst);
                 async {
-                    Err::<(), _>(Error::new(
+                    Err::<bool, _>(Error::new(
                         ErrorKind::Auth,
                         "password authentication failed",
                     ))
@@ -257,7 +263,7 @@ mod tests {
             Backoff::new(Duration::from_millis(100), Duration::from_millis(100)),
             Some(Duration::from_secs(1)),
             stop,
-            |_| async { Err::<(), _>(Error::new(ErrorKind::SinkTransient, "503 unavailable")) },
+            |_| async { Err::<bool, _>(Error::new(ErrorKind::SinkTransient, "503 unavailable")) },
         )
         .await;
         let e = r.unwrap_err();

@@ -10,6 +10,7 @@
 //! holding an `_id` that one in flight also holds waits until those in flight are done: two
 //! versions of a document (say an index, then its delete) are always applied in the order written.
 
+use super::destination::Destination;
 use super::messages::{Completion, DocChunk, Refused};
 use super::progress::Stats;
 use super::stage::{Errors, StageGuard};
@@ -79,7 +80,10 @@ pub struct Writer {
 #[derive(Clone)]
 struct Shared {
     sink: Sink,
+    /// The index users search (for logs and dead letters).
     index: String,
+    /// The physical index written.
+    physical: Arc<str>,
     stats: Arc<Stats>,
     errors: Errors,
     rejections: Rejections,
@@ -121,20 +125,25 @@ impl Writer {
     pub fn new(
         n: usize,
         sink: Sink,
-        index: String,
+        dest: &Destination,
         settings: WriterSettings,
         input: tokio::sync::mpsc::Receiver<DocChunk>,
         stats: Arc<Stats>,
         errors: Errors,
-        rejections: Rejections,
         done: tokio::sync::oneshot::Sender<()>,
     ) -> Self {
-        let guard = StageGuard::new(format!("writer {n} of index {index}"), errors.clone());
+        let index = dest.alias().to_owned();
+        let guard = StageGuard::new(
+            format!("writer {n} of index {index} ({})", dest.physical),
+            errors.clone(),
+        );
+        let (physical, rejections) = (dest.physical.clone(), dest.rejections.clone());
         Writer {
             state: Some(WriterLoop {
                 shared: Shared {
                     sink,
                     index,
+                    physical,
                     stats,
                     errors,
                     rejections,
@@ -173,7 +182,7 @@ impl WriterLoop {
         let ids: InFlightIds = Default::default();
         let mut pending = Pending::default();
         loop {
-            let next = if pending.ids.is_empty() {
+            let next = if pending.ids.is_empty() && pending.refused.is_empty() {
                 self.input.recv().await
             } else {
                 match tokio::time::timeout(self.settings.linger, self.input.recv()).await {
@@ -218,7 +227,7 @@ impl WriterLoop {
 
     async fn delete_all(&self, completion: Option<Completion>) {
         let s = &self.shared;
-        match s.sink.delete_all_documents(&s.index).await {
+        match s.sink.delete_all_documents(&s.physical).await {
             Ok(()) => completion.into_iter().for_each(Completion::done),
             Err(e) => {
                 let _ = s.errors.send(e);

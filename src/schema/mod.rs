@@ -1,6 +1,7 @@
 //! `schema.json`: parsing, validation against the database, and the resolved node tree that the
 //! query builder and change capture share.
 
+pub mod fingerprint;
 pub mod mapping;
 pub mod model;
 pub mod parse;

@@ -34,8 +34,11 @@ pub struct IndexSpec {
     pub routing: Option<String>,
     /// Ingest pipeline named on every action.
     pub pipeline: Option<String>,
-    /// PGSync Python plugin names; they cannot run here and are reported.
+    /// PGSync Python plugin names, applied in this order.
     pub plugins: Vec<String>,
+    /// The entry as written in schema.json (after `${VAR}` substitution): what a change of
+    /// definition is detected and described against.
+    pub raw: Value,
 }
 
 /// How a child's rows become a value inside its parent's document.

@@ -606,6 +606,7 @@ impl Checker {
             routing,
             pipeline,
             plugins: plugins.unwrap_or_default(),
+            raw: doc.to_value(),
         })
     }
 

@@ -6,6 +6,7 @@
 //! [`Sink::bulk`].
 
 mod actions;
+pub mod alias;
 pub mod dead_letter;
 mod file;
 mod response;

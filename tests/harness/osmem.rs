@@ -183,6 +183,15 @@ impl Osmem {
             .unwrap_or_else(|e| panic!("DELETE {path}: {e}"))
     }
 
+    /// The mappings of `index` (an alias: of the one index behind it).
+    pub fn mappings(&self, index: &str) -> Value {
+        let v = self.get_json(&format!("/{index}/_mapping"));
+        v.as_object()
+            .and_then(|o| o.values().next())
+            .map(|i| i["mappings"].clone())
+            .unwrap_or(Value::Null)
+    }
+
     /// Whether `index` (or an alias of that name) exists.
     pub fn index_exists(&self, index: &str) -> bool {
         match self.request("GET", &format!("/{index}"), None) {
