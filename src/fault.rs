@@ -3,7 +3,8 @@
 //! change's fetch), `fetch-keys=1*panic(boom)` (an injected panic), or `write=return(300)` (a
 //! pause of 300 ms before every bulk request), and checks that nothing is lost. The points:
 //! `fetch-keys` and `fetch-range` (start of a fetch of documents by key / by range), `write`
-//! (before every bulk request) and `stream-write` (before a bulk request of change capture).
+//! (before every bulk request), `stream-write` (before a bulk request of change capture) and
+//! `after-swap` (between a migration's alias swap and its record).
 //! Without the `fault-injection` feature, or without FAILPOINTS, every point is inert.
 
 use crate::Result;

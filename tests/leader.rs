@@ -632,8 +632,7 @@ fn daemon_survives_a_redis_restart_while_changes_flow() {
         d.logger(),
         || {
             d.assert_alive("while Redis is down");
-            d.log()
-                .contains("checkpoint store in Redis failed; retrying")
+            d.log().contains("in Redis (store): outage started")
         },
     );
     redis.start_again();

@@ -64,6 +64,13 @@ pub enum Command {
     Teardown,
     /// Show slot position, lag and checkpoint per index.
     Status,
+    /// What a changed schema.json does to each index (rebuild, change in place, nothing).
+    Plan,
+    /// Rebuild an index into a new physical index with no downtime (same definition).
+    Reindex {
+        /// The index (schema.json's `index`).
+        index: String,
+    },
     /// List or retry the documents the search engine (or a plugin) rejected for good.
     DeadLetters {
         /// `list` or `retry`.
@@ -100,6 +107,10 @@ pub enum Action {
     },
     /// `dead-letters list | retry`.
     DeadLetters(super::dead_letters::DeadLetterAction),
+    /// `plan`.
+    Plan,
+    /// `reindex <index>`.
+    Reindex(String),
 }
 
 /// A parsed command line of any form.
@@ -127,6 +138,8 @@ impl Cli {
             Command::Teardown => Action::Teardown,
             Command::Status => Action::Status,
             Command::DeadLetters { action } => Action::DeadLetters(action),
+            Command::Plan => Action::Plan,
+            Command::Reindex { index } => Action::Reindex(index),
             Command::Run {
                 once: false,
                 recreate,
@@ -154,13 +167,15 @@ impl Cli {
 }
 
 /// The subcommand names: a command line naming one is this program's own form.
-pub const SUBCOMMANDS: [&str; 7] = [
+pub const SUBCOMMANDS: [&str; 9] = [
     "validate",
     "bootstrap",
     "run",
     "teardown",
     "status",
     "dead-letters",
+    "plan",
+    "reindex",
     "help",
 ];
 

@@ -23,6 +23,8 @@ pub async fn dispatch(action: Action, cfg: Config) -> Result<i32> {
         Action::Teardown => super::admin::teardown(&cfg).await.map(|_| 0),
         Action::Status => super::admin::status(&cfg).await.map(|_| 0),
         Action::DeadLetters(action) => super::dead_letters::run(&cfg, action).await,
+        Action::Plan => super::schema_change::plan(&cfg).await,
+        Action::Reindex(index) => super::schema_change::reindex(&cfg, &index).await,
     }
 }
 

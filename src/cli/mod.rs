@@ -9,6 +9,7 @@ mod catch_up;
 mod commands;
 mod dead_letters;
 mod pgsync_forms;
+mod schema_change;
 
 pub use args::{Action, Cli, Command, Invocation};
 

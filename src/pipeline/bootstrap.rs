@@ -113,6 +113,41 @@ pub async fn bootstrap_index(cfg: &Config, plan: &IndexPlan) -> Result<Boot> {
     }
 }
 
+/// During a migration the live index's definition still streams: in wal mode the publication
+/// also lists its tables (and their replica identity), so changes to a table the new definition
+/// dropped still reach the live index until the swap. (Notify-mode triggers of such tables stay
+/// from the live definition's own bootstrap.)
+pub async fn include_tables(cfg: &Config, plan: &IndexPlan, also: &IndexPlan) -> Result<()> {
+    if cfg.capture.mode != CaptureMode::Wal {
+        return Ok(());
+    }
+    let n = names(cfg, plan);
+    let client = crate::config::connect(cfg, &plan.spec.database).await?;
+    let mut tables = plan.tables();
+    tables.extend(
+        also.tables()
+            .into_iter()
+            .filter(|t| !tables.contains(t))
+            .collect::<Vec<_>>(),
+    );
+    let mut full = full_identity_tables(plan);
+    full.extend(
+        full_identity_tables(also)
+            .into_iter()
+            .filter(|t| !full.contains(t))
+            .collect::<Vec<_>>(),
+    );
+    slot::bootstrap(&client, &n.slot, &n.publication, &tables, &full)
+        .await
+        .map_err(|e| {
+            e.context(format!(
+                "bootstrap of index {} (migration)",
+                plan.spec.index
+            ))
+        })?;
+    Ok(())
+}
+
 /// Whether what capture needs for `plan` is still there (the slot, or the change log): a
 /// checkpoint without it means someone dropped it, and the changes it held are gone.
 pub async fn capture_exists(cfg: &Config, plan: &IndexPlan) -> Result<bool> {

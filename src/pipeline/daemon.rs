@@ -33,16 +33,58 @@ struct Services {
 }
 
 /// `pgsync run` without `--once`.
+/// SIGHUP drains every index like SIGTERM, then reads schema.json again and starts over: a
+/// changed definition then migrates without a restart of the process.
 pub async fn run(cfg: &Config, recreate: bool) -> Result<i32> {
-    let file = load_schema(cfg)?;
-    let (stop_tx, stop_rx) = watch::channel(false);
-    tokio::spawn(async move {
+    let mut recreate = recreate;
+    loop {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let hup = tokio::spawn(async move {
+            let reload = wait_for_signal_or_hup().await;
+            if reload {
+                tracing::info!("SIGHUP: draining, then reading schema.json again");
+            } else {
+                tracing::info!("stop requested: draining in-flight work");
+            }
+            let _ = stop_tx.send(true);
+            reload
+        });
+        run_until_stopped(cfg, recreate, stop_rx).await?;
+        let reload = hup.await.unwrap_or(false);
+        if !reload {
+            return Ok(0);
+        }
+        recreate = false;
+    }
+}
+
+/// Waits for SIGTERM/SIGINT (false) or SIGHUP (true).
+async fn wait_for_signal_or_hup() -> bool {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+        tokio::select! {
+            _ = wait_for_signal() => false,
+            _ = hup.recv() => true,
+        }
+    }
+    #[cfg(not(unix))]
+    {
         wait_for_signal().await;
-        tracing::info!("stop requested: draining in-flight work");
-        let _ = stop_tx.send(true);
-    });
+        false
+    }
+}
+
+/// Every index of schema.json, until `stop_rx` turns true.
+async fn run_until_stopped(
+    cfg: &Config,
+    recreate: bool,
+    stop_rx: watch::Receiver<bool>,
+) -> Result<()> {
+    let file = load_schema(cfg)?;
     let Some(services) = await_services(cfg, &file, stop_rx.clone()).await? else {
-        return Ok(0);
+        return Ok(());
     };
     let mut tasks = vec![];
     for plan in services.plans {
@@ -65,7 +107,7 @@ pub async fn run(cfg: &Config, recreate: bool) -> Result<i32> {
     // The first failure ends the daemon at once: a lost leader lock must stop every write now,
     // and a daemon silently syncing only some of its indices would go unnoticed.
     futures::future::try_join_all(tasks).await?;
-    Ok(0)
+    Ok(())
 }
 
 /// Waits for PostgreSQL, the search engine and the checkpoint store (docker-compose starts them
@@ -223,13 +265,26 @@ async fn run_index_once(
         Step::Build { record, from } => {
             let record = build(&mix, record, &from, &rejections).await?;
             let dest = destination(plan, &record, &rejections);
-            (record, vec![dest], None, None)
+            (
+                record,
+                vec![dest],
+                Some(migration::reindex_requested(&mix)),
+                None,
+            )
         }
         Step::Stream(record) => {
             let dest = destination(plan, &record, &rejections);
-            (record, vec![dest], None, None)
+            (
+                record,
+                vec![dest],
+                Some(migration::reindex_requested(&mix)),
+                None,
+            )
         }
         Step::Migrate(m) => {
+            if let Some(live) = &m.live {
+                super::bootstrap::include_tables(cfg, plan, live).await?;
+            }
             let (dests, until) = migration::migration_run(&mix, &m, &rejections);
             (m.record.clone(), dests, Some(until), Some(m))
         }
@@ -258,7 +313,9 @@ async fn run_index_once(
             migration::finish_migration(&mix, &m).await?;
             Ok(true)
         }
-        _ => Ok(false),
+        // A reindex was asked for while streaming: the next run starts it.
+        (StreamEnd::Finished, None) => Ok(true),
+        (StreamEnd::Stopped, _) => Ok(false),
     }
 }
 

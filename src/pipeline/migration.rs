@@ -425,6 +425,23 @@ async fn swap(
     Ok(())
 }
 
+/// An end condition for a plain streaming run: `pgsync reindex` asked for a rebuild (checked
+/// every few seconds), so the run ends and the next one migrates.
+pub fn reindex_requested(ix: &Index<'_>) -> Until {
+    let (store, key) = (ix.store.clone(), reindex_key(&ix.key));
+    Box::new(move |_| {
+        Box::pin(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                if let Ok(Some(_)) = store.load(&key).await {
+                    tracing::info!("a reindex was requested: rebuilding into a new index");
+                    return Ok(());
+                }
+            }
+        })
+    })
+}
+
 /// Deletes the retired physical indexes whose time has come; keeps the others listed.
 pub async fn delete_retired(ix: &Index<'_>, record: &mut CheckpointRecord) -> Result<()> {
     let now = now_secs();
@@ -534,6 +551,7 @@ pub async fn finish_migration(ix: &Index<'_>, m: &Migration) -> Result<()> {
         .unwrap_or_else(|| m.record.clone());
     let to = m.side.physical.clone().unwrap_or_default();
     swap(ix, &m.from, &to, &mut record).await?;
+    crate::fault::pause("after-swap").await;
     record.physical = Some(to);
     record.definition = m.side.definition.clone();
     record.index_uuid = m.side.index_uuid.clone();

@@ -427,19 +427,22 @@ fn psql_quiet(pg: &Postgres, db: &str, sql: &[&str]) -> Option<String> {
 /// The indices of the library fixture's schema.json.
 pub const LIBRARY_INDICES: [&str; 2] = ["book", "edition"];
 
+/// Every document of `indices` after a fresh full build of the rows as they are now, with
+/// `schema_text` (`pgsync run --once --full` into a new search server).
+pub fn fresh_build_with(pg: &Postgres, schema_text: &str, indices: &[&str]) -> IndexDocs {
+    let os = Osmem::start();
+    let work = Workdir::new(&super::PgsyncConfig::new(pg.port(), os.url()), schema_text);
+    work.pgsync(&["run", "--once", "--full"])
+        .assert_code(0, "pgsync run --once --full (fresh build)");
+    indices
+        .iter()
+        .map(|i| (i.to_string(), os.all_docs(i)))
+        .collect()
+}
+
 /// Every document of the library fixture's indices after a fresh full build of database `db` as
 /// it is now (`pgsync run --once --full` into a new search server, leaving the running daemon's
 /// slot and checkpoint alone): what a streamed index must equal.
 pub fn fresh_library_build(pg: &Postgres, db: &str) -> IndexDocs {
-    let os = Osmem::start();
-    let work = Workdir::new(
-        &super::PgsyncConfig::new(pg.port(), os.url()),
-        &super::library_schema(db),
-    );
-    work.pgsync(&["run", "--once", "--full"])
-        .assert_code(0, "pgsync run --once --full (fresh build)");
-    LIBRARY_INDICES
-        .iter()
-        .map(|i| (i.to_string(), os.all_docs(i)))
-        .collect()
+    fresh_build_with(pg, &super::library_schema(db), &LIBRARY_INDICES)
 }
