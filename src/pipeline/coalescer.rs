@@ -1,8 +1,8 @@
-//! Change coalescing stage: gathers committed transactions over a short window and hands each
-//! window to the query builder, which turns it into the documents to rebuild once. While the
-//! stages after it are busy, it holds the next window back (up to `coalesce_max_changes`
-//! changes), so later changes to the same documents merge into it rather than rebuilding them
-//! again behind a slow search engine.
+//! Change coalescing stage: hands committed transactions to the query builder, which turns each
+//! window of them into the documents to rebuild once. Adaptive: when nothing is queued
+//! downstream a transaction goes out at once; while the stages after it are busy, changes gather
+//! (up to `coalesce_window_ms`, or `coalesce_max_changes` changes), so later changes to the same
+//! documents merge rather than rebuilding them again behind a slow search engine.
 
 use super::lanes::ReceiverStream;
 use super::messages::{Completion, Window};
@@ -119,6 +119,14 @@ impl Coalescer {
         }));
     }
 
+    /// Whether no window waits in any query builder's input.
+    fn downstream_idle(&self) -> bool {
+        self.wires
+            .outs
+            .iter()
+            .all(|o| o.capacity() == o.max_capacity())
+    }
+
     /// The buffered changes as a window registered with the checkpointer, under a completion
     /// that reports it done, or the run failed when a part of it is dropped unwritten.
     fn window(&mut self, position: u64) -> Window {
@@ -162,7 +170,9 @@ impl StreamHandler<Transaction> for Coalescer {
             *r = (*r).max(tx.position);
             grew
         });
-        if self.buffer.len() >= self.settings.max_changes {
+        // Adaptive: with nothing queued downstream a change goes out at once (no latency
+        // floor); while work is queued, changes gather for up to a window, or max_changes.
+        if self.buffer.len() >= self.settings.max_changes || self.downstream_idle() {
             self.flush(ctx, false);
         } else if self.timer.is_none() {
             self.arm_timer(ctx);
