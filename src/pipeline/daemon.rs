@@ -243,7 +243,6 @@ async fn run_index_once(
     recreate: bool,
 ) -> Result<bool> {
     let (cfg, plan) = (ix.cfg, &ix.plan);
-    let index = &plan.spec.index;
     let n = names(cfg, plan);
     ix.sink.check().await?;
     let stored = ix.store.load(&n.slot).await?;
@@ -251,7 +250,7 @@ async fn run_index_once(
         return Err(lost_capture(cfg, plan, &n.slot));
     }
     let boot = bootstrap_index(cfg, plan).await?;
-    tracing::info!(index = %index, "bootstrap: {}", boot.summary);
+    tracing::info!(index = %plan.spec.index, "bootstrap: {}", boot.summary);
     let mix = migration::Index {
         cfg,
         plan: plan.clone(),
@@ -259,54 +258,11 @@ async fn run_index_once(
         store: ix.store.clone(),
         key: n.slot.clone(),
     };
-    let rejections = Rejections::open(cfg, &ix.sink, index).await?;
     let step = migration::plan_step(&mix, stored, &boot, recreate).await?;
-    let (mut record, destinations, until, running) = match step {
-        Step::Build { record, from } => {
-            let record = build(&mix, record, &from, &rejections).await?;
-            let dest = destination(plan, &record, &rejections);
-            (
-                record,
-                vec![dest],
-                Some(migration::reindex_requested(&mix)),
-                None,
-            )
-        }
-        Step::Stream(record) => {
-            let dest = destination(plan, &record, &rejections);
-            (
-                record,
-                vec![dest],
-                Some(migration::reindex_requested(&mix)),
-                None,
-            )
-        }
-        Step::Migrate(m) => {
-            if let Some(live) = &m.live {
-                super::bootstrap::include_tables(cfg, plan, live).await?;
-            }
-            let (dests, until) = migration::migration_run(&mix, &m, &rejections);
-            (m.record.clone(), dests, Some(until), Some(m))
-        }
-    };
-    migration::delete_retired(&mix, &mut record).await?;
-    check_server_position(cfg, plan, &record).await?;
-    let shown = match cfg.capture.mode {
-        CaptureMode::Wal => slot::format_lsn(record.position),
-        CaptureMode::Notify => format!("xid {}", record.position),
-    };
-    tracing::info!(index = %index, slot = %n.slot, start = %shown, "streaming changes");
-    let run = StreamRun {
-        cfg,
-        destinations,
-        sink: ix.sink.clone(),
-        store: ix.store.clone(),
-        key: n.slot.clone(),
-        record,
-        slot: n.slot,
-        publication: n.publication,
-        until,
-    };
+    let (mut run, running) = prepare_run(&mix, step).await?;
+    migration::delete_retired(&mix, &mut run.record).await?;
+    check_server_position(cfg, plan, &run.record).await?;
+    log_start(cfg, plan, &run.record, &n.slot);
     let end = stream(run, stop, healthy).await?;
     match (end, running) {
         (StreamEnd::Finished, Some(m)) => {
@@ -317,6 +273,55 @@ async fn run_index_once(
         (StreamEnd::Finished, None) => Ok(true),
         (StreamEnd::Stopped, _) => Ok(false),
     }
+}
+
+/// Does what the step needs before streaming (a build), and the streaming run that follows
+/// (into the live index, or into both indexes of a migration).
+async fn prepare_run<'a>(
+    ix: &migration::Index<'a>,
+    step: Step,
+) -> Result<(StreamRun<'a>, Option<Box<migration::Migration>>)> {
+    let (cfg, plan) = (ix.cfg, &ix.plan);
+    let rejections = Rejections::open(cfg, &ix.sink, &plan.spec.index).await?;
+    let (record, destinations, until, running) = match step {
+        Step::Build { record, from } => {
+            let record = build(ix, record, &from, &rejections).await?;
+            let dest = destination(plan, &record, &rejections);
+            (record, vec![dest], migration::reindex_requested(ix), None)
+        }
+        Step::Stream(record) => {
+            let dest = destination(plan, &record, &rejections);
+            (record, vec![dest], migration::reindex_requested(ix), None)
+        }
+        Step::Migrate(m) => {
+            if let Some(live) = &m.live {
+                super::bootstrap::include_tables(cfg, plan, live).await?;
+            }
+            let (dests, until) = migration::migration_run(ix, &m, &rejections);
+            (m.record.clone(), dests, until, Some(m))
+        }
+    };
+    let n = names(cfg, plan);
+    let run = StreamRun {
+        cfg,
+        destinations,
+        sink: ix.sink.clone(),
+        store: ix.store.clone(),
+        key: n.slot.clone(),
+        record,
+        slot: n.slot,
+        publication: n.publication,
+        until: Some(until),
+    };
+    Ok((run, running))
+}
+
+fn log_start(cfg: &Config, plan: &IndexPlan, record: &CheckpointRecord, slot: &str) {
+    let shown = match cfg.capture.mode {
+        CaptureMode::Wal => slot::format_lsn(record.position),
+        CaptureMode::Notify => format!("xid {}", record.position),
+    };
+    tracing::info!(index = %plan.spec.index, slot = %slot, start = %shown, "streaming changes");
 }
 
 /// The live destination of a record.
