@@ -3,10 +3,11 @@
 use crate::checkpoint::Store;
 use crate::config::{CaptureMode, Config};
 use crate::pipeline::bootstrap::{bootstrap_index, log_names, names};
+use crate::pipeline::views::event_names;
 use crate::schema::{load as load_schema, resolve_all};
 use crate::sink::dead_letter::DeadLetters;
 use crate::sink::Sink;
-use crate::source::{notify, slot};
+use crate::source::{notify, refreshes, slot};
 use crate::Result;
 
 /// `pgsync bootstrap`.
@@ -29,6 +30,8 @@ pub async fn teardown(cfg: &Config) -> Result<()> {
         let n = names(cfg, &plan);
         slot::teardown(&client, &n.slot, &n.publication).await?;
         let log = log_names(cfg, &plan);
+        // Before the change log its function writes to.
+        refreshes::remove(&client, &event_names(cfg, &plan)).await?;
         notify::remove(&mut client, &log, &plan.tables()).await?;
         store.remove(&n.slot).await?;
         println!(

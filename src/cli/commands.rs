@@ -4,7 +4,7 @@ use super::Action;
 use crate::config::Config;
 use crate::config::OnRejected;
 use crate::pipeline::destination::Destination;
-use crate::pipeline::initial::initial_sync;
+use crate::pipeline::initial::{initial_sync, prune_view_root};
 use crate::pipeline::writer::Rejections;
 use crate::schema::mapping::index_body;
 use crate::schema::{load as load_schema, resolve_all};
@@ -51,6 +51,12 @@ async fn validate(cfg: &Config) -> Result<i32> {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
+        for line in crate::pipeline::views::describe(p, cfg.capture.refresh_materialized_views) {
+            println!("{line}");
+        }
+        if let Some(w) = crate::pipeline::views::missing_event_trigger(cfg, p).await? {
+            println!("{w}");
+        }
     }
     Ok(0)
 }
@@ -66,15 +72,19 @@ pub async fn run_once(cfg: &Config, recreate: bool) -> Result<i32> {
     let mut lost = 0;
     for plan in plans {
         let plan = Arc::new(plan);
-        sink.ensure_index(&plan.spec.index, &index_body(&plan), recreate)
+        let created = sink
+            .ensure_index(&plan.spec.index, &index_body(&plan), recreate)
             .await?;
         let rejections = Rejections::open(cfg, &sink, &plan.spec.index).await?;
         let where_to = rejections.store.describe();
         let dest = Destination {
             plan: plan.clone(),
-            physical: plan.spec.index.as_str().into(),
+            physical: sink.physical_of(&plan.spec.index).await?.into(),
             rejections,
         };
+        if !created {
+            prune_view_root(cfg, sink.clone(), &dest).await?;
+        }
         let summary = initial_sync(cfg, sink.clone(), &dest, None).await?;
         sink.refresh(&plan.spec.index).await?;
         println!("{summary}");

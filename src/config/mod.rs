@@ -365,6 +365,10 @@ pub struct CaptureConfig {
     pub poll_interval_ms: u64,
     /// Prefix of slot and publication names; the database and index are appended.
     pub slot_prefix: String,
+    /// Refresh materialized view nodes before rebuilding the documents their base tables'
+    /// changes touch (and before an initial sync). Off: the user refreshes them, and each of
+    /// their `REFRESH MATERIALIZED VIEW`s rebuilds the documents that read the view.
+    pub refresh_materialized_views: bool,
 }
 
 impl Default for CaptureConfig {
@@ -376,6 +380,7 @@ impl Default for CaptureConfig {
             queue_depth: 1,
             poll_interval_ms: 1000,
             slot_prefix: "pgsync".into(),
+            refresh_materialized_views: true,
         }
     }
 }

@@ -53,6 +53,9 @@ pub struct Boot {
 pub async fn bootstrap_index(cfg: &Config, plan: &IndexPlan) -> Result<Boot> {
     let n = names(cfg, plan);
     let ctx = |e: Error| e.context(format!("bootstrap of index {}", plan.spec.index));
+    super::views::follow_refreshes(cfg, plan)
+        .await
+        .map_err(ctx)?;
     match cfg.capture.mode {
         CaptureMode::Wal => {
             let client = crate::config::connect(cfg, &plan.spec.database).await?;

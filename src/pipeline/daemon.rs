@@ -133,6 +133,14 @@ async fn await_services(
         return Ok(None);
     };
     crate::plugin::load_for(cfg, &plans)?;
+    for p in &plans {
+        for line in super::views::describe(p, cfg.capture.refresh_materialized_views) {
+            match line.strip_prefix("warning: ") {
+                Some(w) => tracing::warn!("{w}"),
+                None => tracing::debug!("{}", line.trim_start_matches("note: ")),
+            }
+        }
+    }
     let sink = Sink::from_config(cfg)?;
     let engine = format!(
         "the search engine at {}",

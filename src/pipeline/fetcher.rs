@@ -16,13 +16,16 @@ use super::plugin_step::{self, HeldDocs};
 use super::progress::Stats;
 use super::stage::{Connector, Errors, StageGuard};
 use crate::schema::resolve::IndexPlan;
-use crate::sink::{push_delete_action, push_index_action, Target};
-use crate::sql::document::{cols, document_query, RootFilter};
+use crate::sink::{push_delete_action, push_index_action, DocRef, Target};
+use crate::sql::document::{
+    cols, document_query, existing_ids_query, key_values_of_id, RootFilter,
+};
 use crate::{Error, Result};
 use actix::prelude::*;
 use futures::StreamExt;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Statement};
 
@@ -228,7 +231,44 @@ impl Request {
                 position,
                 completion,
             } => self.rebuild(conn, keys, position, completion).await,
+            FetchRequest::Prune { docs, completion } => {
+                begin_snapshot(conn).await?;
+                let r = self.prune(conn, docs, completion).await;
+                end_snapshot(conn, r).await
+            }
         }
+    }
+
+    /// Deletes the documents among `docs` whose root row does not exist in this snapshot,
+    /// versioned like everything read in it (a document rebuilt from a later snapshot wins).
+    async fn prune(
+        &self,
+        conn: &mut Conn,
+        docs: Vec<DocRef>,
+        completion: Option<Completion>,
+    ) -> Result<()> {
+        let index = self.s.plan.spec.index.as_str();
+        let version = snapshot_version(&conn.client).await?;
+        let present = existing_ids(conn, &self.s.plan, &docs).await?;
+        let mut b = ChunkBuilder {
+            chunk: DocChunk::default(),
+            index,
+            version,
+            position: None,
+            completion,
+        };
+        for d in docs.iter().filter(|d| !present.contains(&d.id)) {
+            b.delete(&d.id, d.routing.as_deref());
+            self.stats.add_deleted(1);
+        }
+        if !b.chunk.ids.is_empty() {
+            let chunk = b.take();
+            self.send(chunk, true).await?;
+        }
+        if let Some(c) = b.completion.take() {
+            c.done();
+        }
+        Ok(())
     }
 
     /// Rebuilds `keys`; a root that no longer exists is deleted (with every routing it may have
@@ -270,19 +310,11 @@ impl Request {
         position: Option<u64>,
         completion: Option<Completion>,
     ) -> Result<()> {
-        conn.client
-            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            .await?;
+        begin_snapshot(conn).await?;
         let result = self
             .read_in_snapshot(conn, sql, params, wanted, position, completion)
             .await;
-        let end = conn
-            .client
-            .batch_execute(if result.is_ok() { "COMMIT" } else { "ROLLBACK" })
-            .await;
-        result?;
-        end?;
-        Ok(())
+        end_snapshot(conn, result).await
     }
 
     async fn read_in_snapshot(
@@ -415,6 +447,70 @@ impl Request {
         };
         r.map_err(|_| Error::stage("the writer stage stopped"))
     }
+}
+
+/// Starts the read-only snapshot a request reads in.
+async fn begin_snapshot(conn: &mut Conn) -> Result<()> {
+    conn.client
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .await?;
+    Ok(())
+}
+
+/// Ends the snapshot: commits after `result` succeeded, rolls back otherwise.
+async fn end_snapshot(conn: &mut Conn, result: Result<()>) -> Result<()> {
+    let end = conn
+        .client
+        .batch_execute(if result.is_ok() { "COMMIT" } else { "ROLLBACK" })
+        .await;
+    result?;
+    end?;
+    Ok(())
+}
+
+/// The `_id`s among `docs` whose root row exists: looked up by key values, or by `_id` text for
+/// ids that do not split into key values or whose values the key's type refuses (a document the
+/// index holds that this index never made).
+async fn existing_ids(
+    conn: &mut Conn,
+    plan: &IndexPlan,
+    docs: &[DocRef],
+) -> Result<HashSet<String>> {
+    let index = plan.spec.index.as_str();
+    let nkeys = plan.root.key.len();
+    let mut params: Vec<Vec<String>> = vec![vec![]; nkeys];
+    let mut odd: Vec<String> = vec![];
+    for d in docs {
+        match key_values_of_id(&plan.root, &d.id) {
+            Some(vals) => vals
+                .into_iter()
+                .zip(params.iter_mut())
+                .for_each(|(v, p)| p.push(v)),
+            None => odd.push(d.id.clone()),
+        }
+    }
+    let mut found = HashSet::new();
+    if !params[0].is_empty() {
+        let stmt = prepared(conn, &existing_ids_query(plan, false), index).await?;
+        let p: Vec<&(dyn ToSql + Sync)> = params.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
+        conn.client.batch_execute("SAVEPOINT prune").await?;
+        match conn.client.query(&stmt, &p).await {
+            Ok(rows) => found.extend(rows.iter().map(|r| r.get::<_, String>(0))),
+            Err(e) if e.code() == Some(&SqlState::INVALID_TEXT_REPRESENTATION) => {
+                conn.client
+                    .batch_execute("ROLLBACK TO SAVEPOINT prune")
+                    .await?;
+                odd.extend(docs.iter().map(|d| d.id.clone()));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if !odd.is_empty() {
+        let stmt = prepared(conn, &existing_ids_query(plan, true), index).await?;
+        let rows = conn.client.query(&stmt, &[&odd]).await?;
+        found.extend(rows.iter().map(|r| r.get::<_, String>(0)));
+    }
+    Ok(found)
 }
 
 /// The version of everything read in the current snapshot (see the module docs).

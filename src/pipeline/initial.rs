@@ -212,15 +212,32 @@ pub async fn rebuild(
     run_batch(cfg, sink, dest, Batch::Keys(keys)).await
 }
 
+/// Before a full sync into an index that already holds documents, when the root is a view:
+/// deletes the documents whose rows are no longer in the view (no change names them; see
+/// [`super::prune`]). A table root's deleted rows are named by their own changes.
+pub async fn prune_view_root(cfg: &Config, sink: Sink, dest: &Destination) -> Result<()> {
+    if dest.plan.root.capturable {
+        return Ok(());
+    }
+    run_batch(cfg, sink, dest, Batch::Prune).await?;
+    Ok(())
+}
+
 /// What a batch run reads.
 enum Batch {
     Ranges(Option<RangeLog>),
     Keys(Vec<RootKey>),
+    /// Every indexed document, checked against the root view.
+    Prune,
 }
 
 async fn run_batch(cfg: &Config, sink: Sink, dest: &Destination, batch: Batch) -> Result<Summary> {
     let plan = dest.plan.clone();
     let started = Instant::now();
+    // A prune runs right before a sync, which refreshes them anyway.
+    if !matches!(batch, Batch::Prune) {
+        refresh_views(cfg, &plan).await?;
+    }
     let stats = Arc::new(Stats::default());
     let (err_tx, mut err_rx) = mpsc::unbounded_channel();
     let index = plan.spec.index.clone();
@@ -261,6 +278,10 @@ async fn run_batch(cfg: &Config, sink: Sink, dest: &Destination, batch: Batch) -
                 (units, rows, log)
             }
             Batch::Keys(keys) => (split_keys(keys, &fetch_lanes), None, None),
+            Batch::Prune => {
+                super::prune::prune_orphans(&sink, &dest.physical, &fetch_lanes).await?;
+                (vec![], None, None)
+            }
         };
         let _progress = Progress::start(
             &index,
@@ -290,6 +311,17 @@ async fn run_batch(cfg: &Config, sink: Sink, dest: &Destination, batch: Batch) -
         elapsed: started.elapsed(),
         blocked: blocked.get(),
     })
+}
+
+/// Refreshes the materialized view nodes first (unless the user refreshes them), so the
+/// documents are built from what their base tables hold now.
+async fn refresh_views(cfg: &Config, plan: &IndexPlan) -> Result<()> {
+    if !cfg.capture.refresh_materialized_views || super::views::materialized_nodes(plan).is_empty()
+    {
+        return Ok(());
+    }
+    let client = crate::config::connect(cfg, &plan.spec.database).await?;
+    super::views::refresh_all(&client, plan).await
 }
 
 /// Keys grouped by the fetcher lane their `_id` belongs to, one unit per lane.

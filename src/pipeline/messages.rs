@@ -2,6 +2,7 @@
 //! holds the sender of the next stage, so a slow stage blocks the ones before it.
 
 pub use super::completion::Completion;
+use crate::sink::DocRef;
 use crate::source::change::Change;
 use crate::sql::document::RootFilter;
 
@@ -46,6 +47,14 @@ pub enum FetchRequest {
         /// Stream position the rebuild answers to (for dead letters).
         position: u64,
         /// Settled once every document is acknowledged.
+        completion: Option<Completion>,
+    },
+    /// Delete those of these indexed documents whose root row is gone (after a whole-index
+    /// rebuild of a view root, whose vanished rows no change names).
+    Prune {
+        /// Documents found in the index.
+        docs: Vec<DocRef>,
+        /// Settled once the deletes are acknowledged.
         completion: Option<Completion>,
     },
     /// Delete every document of the index (root table truncated).

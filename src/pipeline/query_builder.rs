@@ -2,18 +2,21 @@
 //! rebuild, found by walking each changed row up the schema tree in PostgreSQL (old and new
 //! values, so a child moved between parents fixes both), with the index's root-resolution
 //! statements prepared once on its own connection. Each document goes to the fetcher lane its
-//! `_id` hashes to, so versions of one document stay in order. A root truncate or a change that
-//! cannot be narrowed (a view's base table) becomes a whole-index step, run alone once every
-//! earlier window is written.
+//! `_id` hashes to, so versions of one document stay in order. A change to a view's base table
+//! is applied to the view rows it names; materialized views it feeds are refreshed first, once
+//! per window. A root truncate or a change that cannot be narrowed becomes a whole-index step,
+//! run alone once every earlier window is written (for a view root, followed by deleting the
+//! documents of rows gone from the view).
 
 use super::lanes::{Lanes, ReceiverStream};
 use super::messages::{Completion, FetchRequest, RootKey, Window};
 use super::stage::{Connector, Errors, StageGuard};
 use crate::schema::resolve::{FieldSource, IndexPlan};
 use crate::schema::TableId;
+use crate::sink::Sink;
 use crate::source::change::{Change, ChangeOp, Row};
 use crate::sql::document::{doc_id, RootFilter};
-use crate::sql::roots::{effects, Effect};
+use crate::sql::roots::{effects, Effect, ViewEffect};
 use crate::{Error, Result};
 use actix::prelude::*;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -32,6 +35,13 @@ pub struct QueryBuilderWires {
     pub errors: Errors,
     /// Opens its connection.
     pub connect: Connector,
+    /// The sink, listed after a whole-index rebuild of a view root (see [`super::prune`]).
+    pub sink: Sink,
+    /// The physical index this query builder's documents go to (what is listed then).
+    pub physical: Arc<str>,
+    /// `capture.refresh_materialized_views`: refresh materialized view nodes before rebuilding
+    /// what their base tables' changes touch (else follow the refreshes others make).
+    pub refresh_views: bool,
 }
 
 /// The query builder actor.
@@ -110,11 +120,17 @@ impl StreamHandler<Window> for QueryBuilder {
         };
         let plan = self.plan.clone();
         let prior = std::mem::replace(&mut self.last_dispatched, window.position);
-        let (out, frontier) = (self.wires.out.clone(), self.wires.frontier.clone());
+        let to = Downstream {
+            out: self.wires.out.clone(),
+            frontier: self.wires.frontier.clone(),
+            sink: self.wires.sink.clone(),
+            physical: self.wires.physical.clone(),
+        };
+        let refresh_views = self.wires.refresh_views;
         let fut = async move {
             let r = async {
-                let work = state.resolve(&plan, &window.changes).await?;
-                dispatch(work, window, prior, &out, frontier).await
+                let work = state.resolve(&plan, &window.changes, refresh_views).await?;
+                dispatch(work, &plan, window, prior, to).await
             }
             .await;
             (state, r)
@@ -148,6 +164,14 @@ struct Work {
     rebuild_all: bool,
     /// Per root-resolution statement: the number of link columns and the distinct tuples.
     lookups: HashMap<String, (usize, HashSet<Vec<String>>)>,
+    /// Materialized views to refresh before the documents are looked up and rebuilt.
+    refresh: Vec<Arc<TableId>>,
+}
+
+/// What every change of a window is read with.
+struct ChangeRules<'a> {
+    routing_col: Option<RoutingColumn<'a>>,
+    refresh_views: bool,
 }
 
 impl Work {
@@ -174,13 +198,18 @@ impl Work {
     }
 
     /// Records what one change asks for under one of its table's effects.
-    fn add_change(
-        &mut self,
-        plan: &IndexPlan,
-        change: &Change,
-        eff: &Effect,
-        routing_col: Option<&RoutingColumn<'_>>,
-    ) {
+    fn add_change(&mut self, plan: &IndexPlan, change: &Change, eff: &Effect, rules: &ChangeRules) {
+        if change.op == ChangeOp::Refresh {
+            // Someone refreshed a materialized view node: any of its rows may have changed. The
+            // daemon's own refreshes (and anyone's, while it refreshes them itself) are skipped.
+            if !rules.refresh_views && matches!(eff, Effect::Root | Effect::Parent { .. }) {
+                self.rebuild_all = true;
+            }
+            return;
+        }
+        if let Effect::View(v) = eff {
+            return self.add_view_change(plan, change, v, rules);
+        }
         if change.op == ChangeOp::Truncate {
             match eff {
                 Effect::Root => self.delete_all = true,
@@ -193,7 +222,7 @@ impl Work {
             Effect::Root => {
                 for r in rows {
                     if let Some(v) = values(r, &plan.root.key) {
-                        let routing = routing_col.and_then(|c| c.of(r));
+                        let routing = rules.routing_col.as_ref().and_then(|c| c.of(r));
                         self.add_root(plan, v, routing);
                     }
                 }
@@ -222,7 +251,51 @@ impl Work {
                     }
                 }
             }
+            Effect::View(_) => {}
             Effect::All => self.rebuild_all = true,
+        }
+    }
+
+    /// A change to a base table of a view node, applied to the view rows it names (old and new
+    /// values: rows it left or joined). A materialized view is refreshed first; while its
+    /// refreshes are left to others, its base tables change nothing until they refresh it.
+    fn add_view_change(
+        &mut self,
+        plan: &IndexPlan,
+        change: &Change,
+        v: &ViewEffect,
+        rules: &ChangeRules,
+    ) {
+        if v.materialized {
+            if !rules.refresh_views {
+                return;
+            }
+            if !self.refresh.contains(&v.table) {
+                self.refresh.push(v.table.clone());
+            }
+        }
+        let Some(columns) = v
+            .columns
+            .as_ref()
+            .filter(|_| change.op != ChangeOp::Truncate)
+        else {
+            self.rebuild_all = true;
+            return;
+        };
+        let as_view = |r: &Row| -> Row {
+            columns
+                .iter()
+                .filter_map(|(base, view)| Some((view.clone(), r.get(base)?.clone())))
+                .collect()
+        };
+        let translated = Change {
+            table: v.table.clone(),
+            op: change.op,
+            old: change.old.as_ref().map(as_view),
+            new: change.new.as_ref().map(as_view),
+        };
+        for e in &v.inner {
+            self.add_change(plan, &translated, e, rules);
         }
     }
 }
@@ -265,15 +338,27 @@ impl Resolver {
             .clone()
     }
 
-    /// The root documents a window of changes touches.
-    async fn resolve(&mut self, plan: &IndexPlan, changes: &[Change]) -> Result<Work> {
-        let routing_col = routing_column(plan);
+    /// The root documents a window of changes touches. Materialized views whose base tables
+    /// changed are refreshed (once each) before anything is looked up through them.
+    async fn resolve(
+        &mut self,
+        plan: &IndexPlan,
+        changes: &[Change],
+        refresh_views: bool,
+    ) -> Result<Work> {
+        let rules = ChangeRules {
+            routing_col: routing_column(plan),
+            refresh_views,
+        };
         let mut work = Work::default();
         for change in changes {
             let effs = self.effects_of(plan, &change.table);
             for eff in effs.iter() {
-                work.add_change(plan, change, eff, routing_col.as_ref());
+                work.add_change(plan, change, eff, &rules);
             }
+        }
+        for view in std::mem::take(&mut work.refresh) {
+            super::views::refresh(&self.client, plan, &view).await?;
         }
         for (sql, (ncols, tuples)) in std::mem::take(&mut work.lookups) {
             if tuples.is_empty() {
@@ -323,16 +408,31 @@ impl Resolver {
     }
 }
 
+/// Where a window's work goes.
+struct Downstream {
+    out: Lanes<FetchRequest>,
+    frontier: watch::Receiver<u64>,
+    sink: Sink,
+    physical: Arc<str>,
+}
+
 /// Sends a window's work to the fetchers, each part under the window's completion, then settles
 /// the query builder's own part.
 async fn dispatch(
     work: Work,
+    plan: &IndexPlan,
     window: Window,
     prior: u64,
-    out: &Lanes<FetchRequest>,
-    mut frontier: watch::Receiver<u64>,
+    to: Downstream,
 ) -> Result<()> {
     let position = window.position;
+    let Downstream {
+        out,
+        mut frontier,
+        sink,
+        physical,
+    } = to;
+    let out = &out;
     if work.delete_all || work.rebuild_all {
         // Barrier: every earlier window is written, then the whole-index steps run alone.
         wait_for(&mut frontier, prior).await;
@@ -343,11 +443,16 @@ async fn dispatch(
             .await?;
         }
         if work.rebuild_all {
+            tracing::info!(index = %plan.spec.index, position, "rebuilding every document: a change could not be narrowed to some documents");
             whole_index_step(out, |c| FetchRequest::Range {
                 filter: RootFilter::All,
                 completion: Some(c),
             })
             .await?;
+            // A view root's rows can leave it without any change naming them.
+            if !plan.root.capturable {
+                super::prune::prune_orphans(&sink, &physical, out).await?;
+            }
         }
     }
     let c = window.completion;

@@ -175,6 +175,9 @@ fn spawn_destination(
         frontier: frontier.clone(),
         errors: err_tx.clone(),
         connect: connector(cfg, &dest.plan.spec.database),
+        sink: run.sink.clone(),
+        physical: dest.physical.clone(),
+        refresh_views: cfg.capture.refresh_materialized_views,
     };
     let plan = dest.plan.clone();
     QueryBuilder::start_in_arbiter(&threads.spawn(), move |_| {

@@ -7,6 +7,7 @@ pub mod model;
 pub mod parse;
 pub mod resolve;
 mod table;
+pub mod view;
 
 pub use model::*;
 pub use table::TableId;
@@ -38,7 +39,10 @@ pub async fn resolve_all(cfg: &Config, file: &SchemaFile) -> Result<Vec<resolve:
         };
         let catalog = resolve::Catalog::load(&client, &resolve::schemas_of(&sub)).await?;
         match resolve::resolve(&sub, &catalog) {
-            Ok(p) => plans.extend(p),
+            Ok(mut p) => {
+                problems.extend(view::load(&client, &mut p).await?);
+                plans.extend(p);
+            }
             Err(p) => problems.extend(p),
         }
     }

@@ -340,6 +340,9 @@ pub struct PlanNode {
     /// false for a view, materialized view or foreign table, which cannot be published or
     /// carry triggers (its changes come through `base_tables`).
     pub capturable: bool,
+    /// For a view or materialized view: how its rows follow its base tables (filled in by
+    /// [`super::view::load`] once the tree is resolved).
+    pub view: Option<super::view::ViewInfo>,
 }
 
 impl PlanNode {
@@ -694,6 +697,7 @@ fn resolve_node(
         children: vec![],
         base_tables,
         capturable: matches!(info.kind, 'r' | 'p'),
+        view: None,
     };
     let mut children = vec![];
     for c in &spec.children {

@@ -10,12 +10,14 @@ pub mod alias;
 pub mod dead_letter;
 mod file;
 mod response;
+mod scan;
 mod search;
 mod truncate;
 
 pub use actions::{push_delete_action, push_index_action, Target};
 pub use elasticsearch::http::Method;
 pub use file::FileSink;
+pub use scan::{DocRef, IdScan};
 pub use search::{SearchSink, ServerInfo};
 
 use crate::config::{Config, OutputKind};
@@ -178,6 +180,15 @@ impl Sink {
         match self {
             Sink::Search(s) => s.delete_all_documents(index).await,
             Sink::Ndjson(_) | Sink::Discard => Ok(()),
+        }
+    }
+
+    /// Lists every document of `index` page by page (see [`SearchSink::scan_ids`]); `None` for
+    /// files and discard, which cannot be read back.
+    pub async fn scan_ids(&self, index: &str, page: usize) -> Result<Option<IdScan>> {
+        match self {
+            Sink::Search(s) => s.scan_ids(index, page).await.map(Some),
+            Sink::Ndjson(_) | Sink::Discard => Ok(None),
         }
     }
 

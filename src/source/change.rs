@@ -15,6 +15,8 @@ pub enum ChangeOp {
     Delete,
     /// Every row of the table removed.
     Truncate,
+    /// A materialized view was refreshed (by someone else): any of its rows may have changed.
+    Refresh,
 }
 
 /// Column values of one row in PostgreSQL's text format. A column whose value is not known
@@ -27,7 +29,7 @@ pub type Row = HashMap<String, Option<String>>;
 pub struct Change {
     /// The changed table.
     pub table: Arc<TableId>,
-    /// Insert, update, delete or truncate.
+    /// Insert, update, delete, truncate or refresh.
     pub op: ChangeOp,
     /// Values before the change (update/delete; may hold only the key columns).
     pub old: Option<Row>,

@@ -121,6 +121,8 @@ pub fn captured_columns(plan: &IndexPlan, table: &TableId) -> Vec<String> {
                 }
             }
             Effect::Parent { row_cols, .. } => cols.extend(row_cols),
+            // A base table of a view: the columns that name the view rows it produced.
+            Effect::View(v) => cols.extend(v.columns.iter().flatten().map(|(b, _)| b.clone())),
             Effect::All => {}
         }
     }
@@ -499,6 +501,7 @@ async fn read_page(
             "U" => ChangeOp::Update,
             "D" => ChangeOp::Delete,
             "T" => ChangeOp::Truncate,
+            "R" => ChangeOp::Refresh,
             other => {
                 return Err(Error::internal(format!(
                     "change-log row {id} has unknown operation {other:?}"

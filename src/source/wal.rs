@@ -37,7 +37,7 @@
 
 use crate::config::Secret;
 use crate::error::{Error, ErrorKind, Result};
-use crate::source::change::{Change, Transaction};
+use crate::source::change::{Change, ChangeOp, Transaction};
 use crate::source::pgoutput::{decode, RelationCache};
 use crate::source::slot::format_lsn;
 use actix::prelude::*;
@@ -479,7 +479,24 @@ impl Session<'_> {
                         self.report();
                     }
                 }
-                // Logical messages are not row changes; StoppedAt needs a stop LSN, never set.
+                // A refresh of a materialized view recorded by this index's event trigger (see
+                // `refreshes`); other logical messages are not ours.
+                ReplicationEvent::Message {
+                    transactional: true,
+                    prefix,
+                    content,
+                    ..
+                } if prefix == super::refreshes::message_prefix(&self.cfg.slot) => {
+                    if let Some(view) = super::refreshes::parse_message(&content) {
+                        changes.push(Change {
+                            table: std::sync::Arc::new(view),
+                            op: ChangeOp::Refresh,
+                            old: None,
+                            new: None,
+                        });
+                    }
+                }
+                // StoppedAt needs a stop LSN, never set.
                 ReplicationEvent::Message { .. } | ReplicationEvent::StoppedAt { .. } => {}
             }
         }

@@ -96,6 +96,49 @@ pub fn doc_id(root: &PlanNode, value_of: impl Fn(&str) -> Option<String>) -> Opt
     Some(parts.join("|"))
 }
 
+/// The key values (in key order) of the root row a document `_id` was made from: the inverse
+/// of [`doc_id`]. `None` when the `_id` does not split into one value per key column (a
+/// composite key whose values contain `|`).
+pub fn key_values_of_id(root: &PlanNode, id: &str) -> Option<Vec<String>> {
+    let mut sorted: Vec<&String> = root.key.iter().collect();
+    sorted.sort();
+    let parts: Vec<&str> = if sorted.len() == 1 {
+        vec![id]
+    } else {
+        id.split('|').collect()
+    };
+    if parts.len() != sorted.len() {
+        return None;
+    }
+    root.key
+        .iter()
+        .map(|k| {
+            let i = sorted.iter().position(|s| *s == k)?;
+            Some(parts[i].to_owned())
+        })
+        .collect()
+}
+
+/// The `_id`s of root rows that exist, among those asked for: by key values (`$1..$k`, one
+/// `text[]` per key column, in key order; index lookups) or, with `by_text`, by `_id` text
+/// (`$1 text[]`; a scan, for ids whose key values cannot be told apart).
+pub fn existing_ids_query(plan: &IndexPlan, by_text: bool) -> String {
+    let root = &plan.root;
+    let a = alias(root);
+    let from = format!("{} {a}", table_sql(&root.table));
+    if by_text {
+        return format!(
+            "SELECT s._id FROM (SELECT {} AS _id FROM {from}) s WHERE s._id = ANY($1::text[])",
+            id_expr(root, &a)
+        );
+    }
+    let cond = root_filter_sql(plan, &RootFilter::Keys, &a).unwrap_or_else(|| "true".into());
+    format!(
+        "SELECT {} AS _id FROM {from} WHERE {cond}",
+        id_expr(root, &a)
+    )
+}
+
 /// The SQL alias of a node's table.
 pub fn alias(n: &PlanNode) -> String {
     format!("t{}", n.id)
@@ -477,5 +520,46 @@ impl Builder<'_> {
             }
         }
         format!("json_build_array({})", parts.join(", "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::TableId;
+
+    fn root(key: &[&str]) -> PlanNode {
+        PlanNode {
+            id: 0,
+            path: "[0].nodes".into(),
+            table: TableId::new("public", "edition"),
+            label: "edition".into(),
+            key: key.iter().map(|k| k.to_string()).collect(),
+            fields: vec![],
+            rename: Default::default(),
+            relationship: None,
+            join: None,
+            children: vec![],
+            base_tables: vec![],
+            capturable: true,
+            view: None,
+        }
+    }
+
+    #[test]
+    fn document_ids_give_back_their_key_values_in_key_order() {
+        let r = root(&["number", "book_id"]);
+        let vals = vec!["2".to_string(), "17".to_string()];
+        let id = doc_id(&r, |k| {
+            r.key.iter().position(|x| x == k).map(|i| vals[i].clone())
+        });
+        assert_eq!(id.as_deref(), Some("17|2"));
+        assert_eq!(key_values_of_id(&r, "17|2"), Some(vals));
+        assert_eq!(key_values_of_id(&r, "17|2|x"), None, "a value held a |");
+        let single = root(&["id"]);
+        assert_eq!(
+            key_values_of_id(&single, "a|b"),
+            Some(vec!["a|b".to_string()])
+        );
     }
 }

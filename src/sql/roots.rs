@@ -2,12 +2,15 @@
 //! know which of the changed row's columns link it to its parent; the parent rows holding those
 //! values are then walked up to the root through the same joins the document query uses, in one
 //! batched statement per place. This asks PostgreSQL, not the search engine, so documents written
-//! a moment ago are never missed.
+//! a moment ago are never missed. A row of a view node's base table is first turned into the
+//! view rows it names, through the view columns that pass its columns through
+//! ([`crate::schema::view`]), and then follows the view's own effects.
 
 use super::document::{keys_in_params, table_sql};
 use super::quote_ident;
-use crate::schema::resolve::{IndexPlan, Join, PlanNode};
+use crate::schema::resolve::{FieldSource, IndexPlan, Join, PlanNode};
 use crate::schema::TableId;
+use std::sync::Arc;
 
 /// How a change to a table affects the documents of an index.
 #[derive(Debug, Clone)]
@@ -23,8 +26,26 @@ pub enum Effect {
         /// `None` when the parent is the root and the link columns are its key.
         sql: Option<String>,
     },
-    /// No way to tell which documents changed (a view's base table): rebuild all.
+    /// A row of a base table of a view node (`view.table`): the view rows it produces, or
+    /// produced, carry its values in `view.columns`, so the change is applied to the view as if
+    /// its own rows had changed. Without such columns every document is rebuilt.
+    View(Arc<ViewEffect>),
+    /// No way to tell which documents changed: rebuild all.
     All,
+}
+
+/// How a change to a base table reaches the documents through a view node.
+#[derive(Debug, Clone)]
+pub struct ViewEffect {
+    /// The view node's relation.
+    pub table: Arc<TableId>,
+    /// A materialized view: its rows change only when it is refreshed.
+    pub materialized: bool,
+    /// Pairs (base column, view column) of every view column the view's own effects read, when
+    /// each passes a base column through; `None`: no narrower set than the whole index.
+    pub columns: Option<Vec<(String, String)>>,
+    /// The effects of a change to the view's rows (root or parent links).
+    pub inner: Vec<Effect>,
 }
 
 /// Every effect a change to `table` has on `plan`'s documents.
@@ -100,12 +121,57 @@ fn collect<'a>(
         }
     }
     if node.base_tables.contains(table) {
-        out.push(Effect::All);
+        out.push(view_effect(plan, node, table));
     }
     for c in &node.children {
         collect(plan, c, table, chain, out);
     }
     chain.pop();
+}
+
+/// A change to `base`, a base table of view node `node`, as a change to the view's own rows.
+fn view_effect(plan: &IndexPlan, node: &PlanNode, base: &TableId) -> Effect {
+    let inner: Vec<Effect> = effects(plan, &node.table)
+        .into_iter()
+        .filter(|e| matches!(e, Effect::Root | Effect::Parent { .. }))
+        .collect();
+    let mut needed: Vec<String> = vec![];
+    for e in &inner {
+        let cols = match e {
+            Effect::Root => root_columns(plan),
+            Effect::Parent { row_cols, .. } => row_cols.clone(),
+            _ => vec![],
+        };
+        for c in cols {
+            if !needed.contains(&c) {
+                needed.push(c);
+            }
+        }
+    }
+    let info = node.view.as_ref();
+    let columns = info
+        .and_then(|v| v.base_columns(base, &needed))
+        .map(|b| b.into_iter().zip(needed).collect());
+    Effect::View(Arc::new(ViewEffect {
+        table: Arc::new(node.table.clone()),
+        materialized: info.is_some_and(|v| v.materialized),
+        columns,
+        inner,
+    }))
+}
+
+/// The root's columns a change must carry: its key, and its routing column when routing is a
+/// plain column (so the document is deleted where it was indexed).
+pub fn root_columns(plan: &IndexPlan) -> Vec<String> {
+    let mut cols = plan.root.key.clone();
+    if let Some(i) = plan.routing_field {
+        if let FieldSource::Column { expr, .. } = &plan.root.fields[i].source {
+            if expr.steps.is_empty() && !cols.contains(&expr.column) {
+                cols.push(expr.column.clone());
+            }
+        }
+    }
+    cols
 }
 
 /// The changed row's `row_cols` values equal `parent.parent_cols`; `chain` ends at `parent`.

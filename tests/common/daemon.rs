@@ -430,8 +430,23 @@ pub const LIBRARY_INDICES: [&str; 2] = ["book", "edition"];
 /// Every document of `indices` after a fresh full build of the rows as they are now, with
 /// `schema_text` (`pgsync run --once --full` into a new search server).
 pub fn fresh_build_with(pg: &Postgres, schema_text: &str, indices: &[&str]) -> IndexDocs {
+    fresh_build(pg, schema_text, indices, "")
+}
+
+/// Every document of `indices` after `pgsync run --once --full` of `schema_text` (its database
+/// as it is now) into a new search server, with `extra_toml` (whole sections) added to the
+/// configuration.
+pub fn fresh_build(
+    pg: &Postgres,
+    schema_text: &str,
+    indices: &[&str],
+    extra_toml: &str,
+) -> IndexDocs {
     let os = Osmem::start();
     let work = Workdir::new(&super::PgsyncConfig::new(pg.port(), os.url()), schema_text);
+    if !extra_toml.is_empty() {
+        work.append_toml(extra_toml);
+    }
     work.pgsync(&["run", "--once", "--full"])
         .assert_code(0, "pgsync run --once --full (fresh build)");
     indices
