@@ -2,8 +2,12 @@
 #![allow(dead_code)]
 
 use super::harness;
+use pgsync_rs::config::Config;
+use pgsync_rs::schema::{parse, resolve};
+use pgsync_rs::sql::document::{document_query, RootFilter};
 use std::path::Path;
 use std::process::Command;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// The benchmark's schema.json.
@@ -156,4 +160,68 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     }
     let i = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
     sorted[i.min(sorted.len() - 1)]
+}
+
+/// PostgreSQL alone building the documents: the generated document statement over the same
+/// ctid ranges and with the same parallelism as the fetchers, rows read and discarded. The
+/// limit every pgsync rate is printed beside.
+pub fn pg_alone(cfg: &Config, schema: &Path, parallel: usize) -> (u64, f64) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let file = parse::parse_file(schema).expect("schema");
+        let client = pgsync_rs::config::connect(cfg, "bench")
+            .await
+            .expect("connect");
+        let catalog = resolve::Catalog::load(&client, &resolve::schemas_of(&file))
+            .await
+            .unwrap();
+        let plan = Arc::new(resolve::resolve(&file, &catalog).unwrap().remove(0));
+        let row = client
+            .query_one(
+                "SELECT (pg_relation_size('book') / current_setting('block_size')::bigint)::bigint",
+                &[],
+            )
+            .await
+            .unwrap();
+        let pages: i64 = row.get(0);
+        let ranges = pgsync_rs::pipeline::planner::split(
+            'r',
+            pages as u64,
+            parallel * cfg.pipeline.ranges_per_fetcher,
+        );
+        let queue = Arc::new(Mutex::new(ranges));
+        let start = Instant::now();
+        let mut tasks = vec![];
+        for _ in 0..parallel {
+            let (cfg, plan, queue) = (cfg.clone(), plan.clone(), queue.clone());
+            tasks.push(tokio::spawn(async move {
+                let client = pgsync_rs::config::connect(&cfg, "bench").await.unwrap();
+                let mut n = 0u64;
+                loop {
+                    let Some(r): Option<RootFilter> = queue.lock().unwrap().pop() else {
+                        break;
+                    };
+                    let sql = document_query(&plan, &r, false);
+                    let stream = client
+                        .query_raw(sql.as_str(), Vec::<String>::new())
+                        .await
+                        .unwrap();
+                    futures::pin_mut!(stream);
+                    use futures::StreamExt;
+                    while let Some(row) = stream.next().await {
+                        let row = row.unwrap();
+                        let doc: &str = row.get(1);
+                        std::hint::black_box(doc);
+                        n += 1;
+                    }
+                }
+                n
+            }));
+        }
+        let mut total = 0;
+        for t in tasks {
+            total += t.await.unwrap();
+        }
+        (total, start.elapsed().as_secs_f64())
+    })
 }

@@ -369,28 +369,10 @@ pub fn decode(data: &[u8]) -> Result<Message> {
     let (&tag, body) = data
         .split_first()
         .ok_or_else(|| malformed("empty message"))?;
-    let what = match tag {
-        b'B' => "Begin",
-        b'C' => "Commit",
-        b'O' => "Origin",
-        b'R' => "Relation",
-        b'Y' => "Type",
-        b'I' => "Insert",
-        b'U' => "Update",
-        b'D' => "Delete",
-        b'T' => "Truncate",
-        b'M' => "Message",
-        other => {
-            return Err(malformed(format!(
-                "unknown message type {other:#04x} ({:?})",
-                other as char
-            )))
-        }
-    };
     let mut r = Reader {
         buf: body,
         pos: 0,
-        what,
+        what: message_name(tag)?,
     };
     let msg = match tag {
         b'B' => Message::Begin(Begin {
@@ -408,105 +390,138 @@ pub fn decode(data: &[u8]) -> Result<Message> {
             commit_lsn: r.u64()?,
             name: r.cstr()?,
         }),
-        b'R' => {
-            let id = r.u32()?;
-            let namespace = r.cstr()?;
-            let name = r.cstr()?;
-            let replica_identity = ReplicaIdentity::from_byte(r.u8()?)?;
-            let n = r.u16()? as usize;
-            let mut columns = Vec::with_capacity(n);
-            for _ in 0..n {
-                columns.push(RelationColumn {
-                    flags: r.u8()?,
-                    name: r.cstr()?,
-                    type_oid: r.u32()?,
-                    type_modifier: r.i32()?,
-                });
-            }
-            Message::Relation(Relation {
-                id,
-                namespace,
-                name,
-                replica_identity,
-                columns,
-            })
-        }
+        b'R' => Message::Relation(read_relation(&mut r)?),
         b'Y' => Message::Type(TypeInfo {
             id: r.u32()?,
             namespace: r.cstr()?,
             name: r.cstr()?,
         }),
-        b'I' => {
-            let relation_id = r.u32()?;
-            expect(&mut r, b'N')?;
-            Message::Insert(Insert {
-                relation_id,
-                new: r.tuple()?,
-            })
-        }
-        b'U' => {
-            let relation_id = r.u32()?;
-            let old = match r.u8()? {
-                b'N' => None,
-                k @ (b'K' | b'O') => {
-                    let tuple = r.tuple()?;
-                    expect(&mut r, b'N')?;
-                    Some(OldTuple {
-                        kind: old_kind(k),
-                        tuple,
-                    })
-                }
-                other => return Err(malformed(format!("Update has tuple marker {other:#04x}"))),
-            };
-            Message::Update(Update {
-                relation_id,
-                old,
-                new: r.tuple()?,
-            })
-        }
-        b'D' => {
-            let relation_id = r.u32()?;
-            let kind = match r.u8()? {
-                k @ (b'K' | b'O') => old_kind(k),
-                other => return Err(malformed(format!("Delete has tuple marker {other:#04x}"))),
-            };
-            Message::Delete(Delete {
-                relation_id,
-                old: OldTuple {
-                    kind,
-                    tuple: r.tuple()?,
-                },
-            })
-        }
-        b'T' => {
-            let n = r.u32()? as usize;
-            let options = r.u8()?;
-            // Never trust a count for an allocation: each id takes 4 bytes of the body.
-            let mut relation_ids = Vec::with_capacity(n.min(body.len() / 4));
-            for _ in 0..n {
-                relation_ids.push(r.u32()?);
-            }
-            Message::Truncate(Truncate {
-                options,
-                relation_ids,
-            })
-        }
-        _ => {
-            // b'M', the only tag left.
-            let flags = r.u8()?;
-            let lsn = r.u64()?;
-            let prefix = r.cstr()?;
-            let len = r.len()?;
-            Message::LogicalMessage(LogicalMessage {
-                flags,
-                lsn,
-                prefix,
-                content: r.take(len)?.to_vec(),
-            })
-        }
+        b'I' => Message::Insert(read_insert(&mut r)?),
+        b'U' => Message::Update(read_update(&mut r)?),
+        b'D' => Message::Delete(read_delete(&mut r)?),
+        b'T' => Message::Truncate(read_truncate(&mut r, body.len())?),
+        _ => Message::LogicalMessage(read_logical_message(&mut r)?),
     };
     r.finish()?;
     Ok(msg)
+}
+
+/// The message's name for errors, or an error for a tag pgoutput (protocol 1) never sends.
+fn message_name(tag: u8) -> Result<&'static str> {
+    Ok(match tag {
+        b'B' => "Begin",
+        b'C' => "Commit",
+        b'O' => "Origin",
+        b'R' => "Relation",
+        b'Y' => "Type",
+        b'I' => "Insert",
+        b'U' => "Update",
+        b'D' => "Delete",
+        b'T' => "Truncate",
+        b'M' => "Message",
+        other => {
+            return Err(malformed(format!(
+                "unknown message type {other:#04x} ({:?})",
+                other as char
+            )))
+        }
+    })
+}
+
+fn read_relation(r: &mut Reader<'_>) -> Result<Relation> {
+    let id = r.u32()?;
+    let namespace = r.cstr()?;
+    let name = r.cstr()?;
+    let replica_identity = ReplicaIdentity::from_byte(r.u8()?)?;
+    let n = r.u16()? as usize;
+    let mut columns = Vec::with_capacity(n);
+    for _ in 0..n {
+        columns.push(RelationColumn {
+            flags: r.u8()?,
+            name: r.cstr()?,
+            type_oid: r.u32()?,
+            type_modifier: r.i32()?,
+        });
+    }
+    Ok(Relation {
+        id,
+        namespace,
+        name,
+        replica_identity,
+        columns,
+    })
+}
+
+fn read_insert(r: &mut Reader<'_>) -> Result<Insert> {
+    let relation_id = r.u32()?;
+    expect(r, b'N')?;
+    Ok(Insert {
+        relation_id,
+        new: r.tuple()?,
+    })
+}
+
+fn read_update(r: &mut Reader<'_>) -> Result<Update> {
+    let relation_id = r.u32()?;
+    let old = match r.u8()? {
+        b'N' => None,
+        k @ (b'K' | b'O') => {
+            let tuple = r.tuple()?;
+            expect(r, b'N')?;
+            Some(OldTuple {
+                kind: old_kind(k),
+                tuple,
+            })
+        }
+        other => return Err(malformed(format!("Update has tuple marker {other:#04x}"))),
+    };
+    Ok(Update {
+        relation_id,
+        old,
+        new: r.tuple()?,
+    })
+}
+
+fn read_delete(r: &mut Reader<'_>) -> Result<Delete> {
+    let relation_id = r.u32()?;
+    let kind = match r.u8()? {
+        k @ (b'K' | b'O') => old_kind(k),
+        other => return Err(malformed(format!("Delete has tuple marker {other:#04x}"))),
+    };
+    Ok(Delete {
+        relation_id,
+        old: OldTuple {
+            kind,
+            tuple: r.tuple()?,
+        },
+    })
+}
+
+fn read_truncate(r: &mut Reader<'_>, body_len: usize) -> Result<Truncate> {
+    let n = r.u32()? as usize;
+    let options = r.u8()?;
+    // Never trust a count for an allocation: each id takes 4 bytes of the body.
+    let mut relation_ids = Vec::with_capacity(n.min(body_len / 4));
+    for _ in 0..n {
+        relation_ids.push(r.u32()?);
+    }
+    Ok(Truncate {
+        options,
+        relation_ids,
+    })
+}
+
+fn read_logical_message(r: &mut Reader<'_>) -> Result<LogicalMessage> {
+    let flags = r.u8()?;
+    let lsn = r.u64()?;
+    let prefix = r.cstr()?;
+    let len = r.len()?;
+    Ok(LogicalMessage {
+        flags,
+        lsn,
+        prefix,
+        content: r.take(len)?.to_vec(),
+    })
 }
 
 fn old_kind(marker: u8) -> OldKind {
