@@ -57,6 +57,23 @@ pub fn worth_next_attempt(e: &PgWireError) -> bool {
     }
 }
 
+/// Whether the server refuses TLS outright (answers "N" to an SSLRequest). Asked before a TLS
+/// attempt that has a plain fallback (`prefer`), so the fallback needs no failed attempt, which
+/// pgwire-replication would log at ERROR on every start against a server without TLS.
+pub async fn server_refuses_tls(host: &str, port: u16) -> bool {
+    matches!(ssl_request(host, port).await, Ok(None))
+}
+
+/// Sends PostgreSQL's SSLRequest (length 8, code 80877103): the connection, ready for the TLS
+/// handshake, when the server answers "S"; `None` when it answers anything else.
+async fn ssl_request(host: &str, port: u16) -> std::io::Result<Option<tokio::net::TcpStream>> {
+    let mut tcp = tokio::net::TcpStream::connect((host, port)).await?;
+    tcp.write_all(&[0, 0, 0, 8, 4, 210, 22, 47]).await?;
+    let mut answer = [0u8; 1];
+    tcp.read_exact(&mut answer).await?;
+    Ok((answer[0] == b'S').then_some(tcp))
+}
+
 /// A name the server's certificate is valid for, learnt by a TLS handshake whose verifier checks
 /// the chain only (libpq's verify-ca) and records the certificate it accepted.
 async fn certificate_name(tls: &PgTls, host: &str, port: u16) -> Result<String> {
@@ -68,20 +85,12 @@ async fn certificate_name(tls: &PgTls, host: &str, port: u16) -> Result<String> 
             format!("replication connection to {host}:{port}: {what}"),
         )
     };
-    let mut tcp = tokio::net::TcpStream::connect((host, port))
+    let Some(tcp) = ssl_request(host, port)
         .await
-        .map_err(|e| unreachable(e.to_string()))?;
-    // PostgreSQL's SSLRequest: length 8, code 80877103; the answer is one byte, S or N.
-    tcp.write_all(&[0, 0, 0, 8, 4, 210, 22, 47])
-        .await
-        .map_err(|e| unreachable(e.to_string()))?;
-    let mut answer = [0u8; 1];
-    tcp.read_exact(&mut answer)
-        .await
-        .map_err(|e| unreachable(e.to_string()))?;
-    if answer[0] != b'S' {
+        .map_err(|e| unreachable(e.to_string()))?
+    else {
         return Err(unreachable("server does not support TLS".into()));
-    }
+    };
     // Any syntactically valid name will do: the chain-only verifier ignores it.
     let name = ServerName::try_from(host.to_owned())
         .unwrap_or_else(|_| ServerName::try_from("localhost").expect("a valid name"));

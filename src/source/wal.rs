@@ -551,10 +551,16 @@ async fn start_stream(
     cfg: &WalReaderConfig,
     stop: &mut StopSignals,
 ) -> Result<Option<ReplicationClient>> {
-    use super::replication_tls::{tls_config, worth_next_attempt};
+    use super::replication_tls::{server_refuses_tls, tls_config, worth_next_attempt};
+    use crate::config::tls::Attempt;
     let attempts = cfg.tls.attempts();
     let mut failures = vec![];
     for (i, &attempt) in attempts.iter().enumerate() {
+        let fallback = i + 1 < attempts.len() && !cfg.host.starts_with('/');
+        if attempt == Attempt::Tls && fallback && server_refuses_tls(&cfg.host, cfg.port).await {
+            failures.push((attempt, "server does not support TLS".to_string()));
+            continue;
+        }
         let tls = tls_config(&cfg.tls, attempt, &cfg.host, cfg.port).await?;
         match start_attempt(cfg, tls, stop).await {
             Err(e) if i + 1 < attempts.len() && worth_next_attempt(&e) => {
