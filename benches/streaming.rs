@@ -15,7 +15,8 @@
 //! `--burst N` (default 20,000 changes), `--backlog N` (default 200,000 changes),
 //! `--samples N` (per latency kind, default 40). With `--ndjson` the daemon writes bulk bodies
 //! to a file and "visible" means "appended to that file": the pipeline's own figures, at sizes
-//! osmem cannot hold (it keeps every document in memory and overwrites slowly).
+//! osmem cannot hold (it keeps every document in memory and overwrites slowly). `BENCH_DAEMON_LOG=debug`
+//! sets the daemons' log level (their logs go to the bench's stderr).
 
 mod common;
 #[path = "../tests/harness/mod.rs"]
@@ -114,6 +115,11 @@ fn main() {
     catch_up.print(&limits, a.ndjson);
 }
 
+/// The daemons' log level: `BENCH_DAEMON_LOG` (e.g. `debug`) or warnings only.
+fn daemon_log_level() -> String {
+    std::env::var("BENCH_DAEMON_LOG").unwrap_or_else(|_| "warn".into())
+}
+
 /// Rows the latency samples need: authors with no books yet, linked one per sample (a
 /// through-table change), and authors linked to `FAN_OUT` books each (a fan-out).
 fn latency_fixtures_sql(n: u64, samples: u64) -> String {
@@ -178,7 +184,7 @@ fn start_daemon(env: &common::BenchEnv) -> Child {
     let daemon = Command::new(harness::pgsync_bin())
         .args(["run", "--config"])
         .arg(&env.config)
-        .env("LOG_LEVEL", "warn")
+        .env("LOG_LEVEL", daemon_log_level())
         .stdout(Stdio::null())
         .spawn()
         .expect("start pgsync");
@@ -397,7 +403,7 @@ fn measure_catch_up(env: &common::BenchEnv, seen: &mut Seen, n: u64, backlog: u6
     let mut daemon = Command::new(harness::pgsync_bin())
         .args(["run", "--config"])
         .arg(&env.config)
-        .env("LOG_LEVEL", "warn")
+        .env("LOG_LEVEL", daemon_log_level())
         .stdout(Stdio::null())
         .spawn()
         .expect("restart pgsync");
