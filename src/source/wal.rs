@@ -456,12 +456,21 @@ impl Session<'_> {
                         self.tracker.forwarded = self.tracker.forwarded.max(final_lsn);
                     }
                 }
-                ReplicationEvent::Commit { end_lsn, .. } => {
+                ReplicationEvent::Commit {
+                    end_lsn,
+                    commit_time_micros,
+                    ..
+                } => {
                     in_txn = false;
                     let end_lsn = end_lsn.as_u64();
                     if changes.is_empty() && !split {
                         self.tracker.idle = self.tracker.idle.max(end_lsn);
                     } else {
+                        crate::telemetry::lag::committed(
+                            &self.cfg.slot,
+                            end_lsn,
+                            crate::telemetry::lag::pg_time(commit_time_micros),
+                        );
                         let txn = Transaction {
                             position: end_lsn,
                             changes: std::mem::take(&mut changes),
