@@ -162,7 +162,9 @@ impl Actor for Writer {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         if let Some(state) = self.state.take() {
-            ctx.spawn(state.run().into_actor(self).map(|_, _, ctx| ctx.stop()));
+            let span = super::stage::stage_span("writer", &state.shared.index);
+            let work = tracing::Instrument::instrument(state.run(), span);
+            ctx.spawn(work.into_actor(self).map(|_, _, ctx| ctx.stop()));
         }
     }
 

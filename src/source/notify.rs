@@ -707,15 +707,19 @@ pub fn spawn_listener(
     started: watch::Sender<bool>,
 ) -> tokio::task::JoinHandle<()> {
     let (exit_tx, exit_rx) = oneshot::channel();
-    let job = Box::pin(run(
-        cfg.clone(),
-        database.to_string(),
-        settings,
-        start,
-        out,
-        frontier,
-        stop,
-        started,
+    let span = tracing::info_span!("stage", stage = "notify_listener", log = %settings.names.table);
+    let job = Box::pin(tracing::Instrument::instrument(
+        run(
+            cfg.clone(),
+            database.to_string(),
+            settings,
+            start,
+            out,
+            frontier,
+            stop,
+            started,
+        ),
+        span,
     ));
     let arbiter = Arbiter::new();
     let listener = NotifyListener {

@@ -740,7 +740,11 @@ impl Actor for WalReader {
         };
         self.running = true;
         let stop = StopSignals(vec![shutdown, self.stop.subscribe()]);
-        let fut = run_until(self.cfg.clone(), out, acks, stop, self.started.take());
+        let span = tracing::info_span!("stage", stage = "wal_reader", slot = %self.cfg.slot);
+        let fut = tracing::Instrument::instrument(
+            run_until(self.cfg.clone(), out, acks, stop, self.started.take()),
+            span,
+        );
         ctx.spawn(fut.into_actor(self).map(|result, act, ctx| {
             act.running = false;
             act.finish(result);
