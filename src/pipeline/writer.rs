@@ -138,6 +138,7 @@ impl Writer {
             errors.clone(),
         );
         let (physical, rejections) = (dest.physical.clone(), dest.rejections.clone());
+        register_counters(&index);
         Writer {
             state: Some(WriterLoop {
                 shared: Shared {
@@ -392,6 +393,23 @@ impl Shared {
                 Ok(())
             }
         }
+    }
+}
+
+/// The writer's counters exist from the start (at 0), so a scrape (and the dashboard) shows
+/// them before the first rejection.
+fn register_counters(index: &str) {
+    use crate::telemetry::names::*;
+    for name in [
+        DOCUMENTS_INDEXED,
+        DOCUMENTS_DELETED,
+        DOCUMENTS_REJECTED,
+        DOCUMENTS_DEAD_LETTERED,
+        BULK_REQUESTS,
+        BULK_BYTES,
+        BULK_RETRIES,
+    ] {
+        metrics::counter!(name, "index" => index.to_owned()).increment(0);
     }
 }
 
