@@ -180,6 +180,12 @@ fn metrics_move_with_changes_and_readiness_follows_a_frozen_engine() {
     await_scrape(port, Duration::from_secs(30), "the lag grows", |t| {
         value(t, "pgsync_replication_lag_seconds", &["index=\"book\""]).unwrap_or(0.0) >= 3.0
     });
+    // The bulk request waiting on the frozen engine times out, is retried once, and the run
+    // fails and restarts.
+    await_scrape(port, Duration::from_secs(40), "a restart is counted", |t| {
+        value(t, "pgsync_restarts_total", &["index=\"book\""]).unwrap_or(0.0) >= 1.0
+            && value(t, "pgsync_outages_total", &[]).unwrap_or(0.0) >= 1.0
+    });
     signal(s.os.pid(), "CONT");
     eprintln!("engine frozen for {:?}", frozen.elapsed());
     await_ready(port, 200, Duration::from_secs(60), "engine thawed");
