@@ -253,7 +253,9 @@ fn a_real_prometheus_scrapes_the_daemon_which_logs_json_lines_with_stage_fields(
     let mut s = Stream::with_setup("ops_prom", Mode::Notify, "");
     s.work
         .append_toml(&format!("{}\n[log]\nformat = \"json\"\n", metrics_toml(port)));
-    s.start_daemon();
+    // The harness spots "streaming changes" in text logs; a JSON log is awaited on /readyz.
+    s.daemon = Some(common::daemon::Daemon::start(&s.work, "daemon.log"));
+    await_ready(port, 200, Duration::from_secs(60), "JSON-logging daemon");
     s.expect(&expected_documents(), "initial sync");
     // Notify mode: heartbeat rows go through the change log, so the lag is measured there too.
     await_scrape(port, Duration::from_secs(20), "lag measured in notify mode", |t| {

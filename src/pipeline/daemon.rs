@@ -459,14 +459,15 @@ async fn build(
     // The slot (or the triggers) exist before the snapshots the sync reads, so every change
     // committed after them is also streamed afterwards and re-applied from the current rows.
     let summary = initial_sync(ix.cfg, ix.sink.clone(), &dest, Some(log)).await?;
-    println!("{summary}");
+    report(ix.cfg, dest.alias(), &summary.to_string());
     if summary.dead_lettered > 0 {
-        println!(
+        let line = format!(
             "index {}: {} rejected document(s) recorded in {} (see `pgsync dead-letters list`)",
             dest.alias(),
             summary.dead_lettered,
             rejections.store.describe()
         );
+        report(ix.cfg, dest.alias(), &line);
     }
     ix.sink.refresh(&dest.physical).await?;
     let done = CheckpointRecord {
@@ -474,6 +475,15 @@ async fn build(
         ..ix.store.load(&ix.key).await?.unwrap_or(record)
     };
     migration::finish_build(ix, done, from).await
+}
+
+/// A result line for the operator: on stdout (PGSync prints these), or with `log.format =
+/// "json"` as a log line, so the container log stays one JSON object per line.
+fn report(cfg: &Config, index: &str, line: &str) {
+    match cfg.log.format {
+        crate::config::LogFormat::Json => tracing::info!(index = %index, "{line}"),
+        crate::config::LogFormat::Text => println!("{line}"),
+    }
 }
 
 /// The error for a checkpoint whose slot or change log was dropped by someone else.

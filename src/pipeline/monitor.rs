@@ -1,5 +1,5 @@
 //! The daemon's monitor of one index: every `metrics.poll_secs` it writes a heartbeat when one
-//! is due, reads the slot (lag in bytes, retained WAL, `wal_status`), the stored checkpoint and
+//! is due (with `metrics.listen` set), reads the slot (lag in bytes, retained WAL, `wal_status`), the stored checkpoint and
 //! the heartbeats the pipeline confirmed (lag in seconds), probes the search engine, and
 //! publishes it all as metrics and as the readiness `/readyz` answers. It also warns once when
 //! the slot keeps more WAL than `capture.slot_wal_warn_bytes`, and says plainly when PostgreSQL
@@ -78,13 +78,22 @@ impl Monitor {
         &self.plan.spec.index
     }
 
+    /// Whether `/readyz` and the metrics are served: only then are heartbeats written and the
+    /// engine probed (the slot is watched either way).
+    fn serving(&self) -> bool {
+        self.cfg.metrics.listen.is_some()
+    }
+
     async fn poll(&mut self) {
-        self.probe_engine().await;
+        if self.serving() {
+            self.probe_engine().await;
+        }
         if let Err(e) = self.poll_source().await {
             tracing::debug!(index = %self.index(), "monitor: {e}");
             self.client = None;
         }
-        let lag = (self.cfg.metrics.heartbeat_secs > 0).then(|| self.heartbeats.lag_secs());
+        let measured = self.serving() && self.cfg.metrics.heartbeat_secs > 0;
+        let lag = measured.then(|| self.heartbeats.lag_secs());
         if let Some(l) = lag {
             metrics::gauge!(m::LAG_SECONDS, "index" => self.index().to_owned()).set(l);
         }
@@ -94,7 +103,7 @@ impl Monitor {
     /// Asks the engine whether it answers, within the poll interval.
     async fn probe_engine(&self) {
         let limit = Duration::from_secs(self.cfg.metrics.poll_secs.max(1));
-        let error = match tokio::time::timeout(limit, self.sink.check()).await {
+        let error = match tokio::time::timeout(limit, self.sink.probe()).await {
             Ok(Ok(())) => None,
             Ok(Err(e)) => Some(e.message),
             Err(_) => Some(format!("no answer within {limit:?}")),
@@ -129,7 +138,7 @@ impl Monitor {
     /// Writes a heartbeat when one is due.
     async fn heartbeat(&mut self) -> Result<()> {
         let every = Duration::from_secs(self.cfg.metrics.heartbeat_secs);
-        if every.is_zero() || self.last_heartbeat.is_some_and(|t| t.elapsed() < every) {
+        if !self.serving() || every.is_zero() || self.last_heartbeat.is_some_and(|t| t.elapsed() < every) {
             return Ok(());
         }
         let Some(client) = &self.client else {
