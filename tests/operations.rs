@@ -160,7 +160,11 @@ fn metrics_move_with_changes_and_readiness_follows_a_frozen_engine() {
         value(
             t,
             "pgsync_changes_received_total",
-            &["index=\"book\"", "table=\"public.book\"", "operation=\"update\""],
+            &[
+                "index=\"book\"",
+                "table=\"public.book\"",
+                "operation=\"update\"",
+            ],
         )
         .unwrap_or(0.0)
             > changes
@@ -194,9 +198,9 @@ fn metrics_move_with_changes_and_readiness_follows_a_frozen_engine() {
     });
     let ok = poll(Duration::from_secs(30), || {
         s.os.refresh("book");
-        Ok(s.os.doc("book", "1").is_some_and(|d| {
-            d["book_title"] == "War and Peace (frozen)"
-        }))
+        Ok(s.os
+            .doc("book", "1")
+            .is_some_and(|d| d["book_title"] == "War and Peace (frozen)"))
     })
     .unwrap();
     assert!(ok, "the change made while frozen was not indexed");
@@ -228,7 +232,8 @@ fn metrics_move_with_changes_and_readiness_follows_a_frozen_engine() {
 fn status_and_health_agree_with_the_daemon(s: &Stream) {
     let out = s.work.pgsync(&["status", "--json"]);
     out.assert_code(0, "pgsync status --json");
-    let doc: Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.stdout));
+    let doc: Value =
+        serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.stdout));
     let book = doc["indices"]
         .as_array()
         .unwrap()
@@ -236,7 +241,14 @@ fn status_and_health_agree_with_the_daemon(s: &Stream) {
         .find(|i| i["index"] == "book")
         .unwrap_or_else(|| panic!("no index book: {doc}"))
         .clone();
-    for key in ["slot", "position", "retained_wal_bytes", "lag_bytes", "checkpoint", "wal_status"] {
+    for key in [
+        "slot",
+        "position",
+        "retained_wal_bytes",
+        "lag_bytes",
+        "checkpoint",
+        "wal_status",
+    ] {
         assert!(!book[key].is_null(), "status --json lacks {key}: {book}");
     }
     assert_eq!(book["dead_letters"], 0, "{book}");
@@ -251,16 +263,24 @@ fn status_and_health_agree_with_the_daemon(s: &Stream) {
 fn a_real_prometheus_scrapes_the_daemon_which_logs_json_lines_with_stage_fields() {
     let port = free_port();
     let mut s = Stream::with_setup("ops_prom", Mode::Notify, "");
-    s.work
-        .append_toml(&format!("{}\n[log]\nformat = \"json\"\n", metrics_toml(port)));
+    s.work.append_toml(&format!(
+        "{}\n[log]\nformat = \"json\"\n",
+        metrics_toml(port)
+    ));
     // The harness spots "streaming changes" in text logs; a JSON log is awaited on /readyz.
     s.daemon = Some(common::daemon::Daemon::start(&s.work, "daemon.log"));
     await_ready(port, 200, Duration::from_secs(60), "JSON-logging daemon");
     s.expect(&expected_documents(), "initial sync");
     // Notify mode: heartbeat rows go through the change log, so the lag is measured there too.
-    await_scrape(port, Duration::from_secs(20), "lag measured in notify mode", |t| {
-        value(t, "pgsync_replication_lag_seconds", &["index=\"edition\""]).is_some_and(|l| l < 5.0)
-    });
+    await_scrape(
+        port,
+        Duration::from_secs(20),
+        "lag measured in notify mode",
+        |t| {
+            value(t, "pgsync_replication_lag_seconds", &["index=\"edition\""])
+                .is_some_and(|l| l < 5.0)
+        },
+    );
 
     let prom_port = free_port();
     let dir = tempfile::tempdir().unwrap();
@@ -272,7 +292,10 @@ fn a_real_prometheus_scrapes_the_daemon_which_logs_json_lines_with_stage_fields(
     .unwrap();
     let mut prom = Command::new("prometheus")
         .arg(format!("--config.file={}", config.display()))
-        .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("data").display()
+        ))
         .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -300,7 +323,10 @@ fn a_real_prometheus_scrapes_the_daemon_which_logs_json_lines_with_stage_fields(
     .unwrap();
     let _ = prom.kill();
     let _ = prom.wait();
-    assert!(up, "Prometheus never had pgsync_documents_indexed_total of index book: {answer}");
+    assert!(
+        up,
+        "Prometheus never had pgsync_documents_indexed_total of index book: {answer}"
+    );
 
     let log = s.daemon().log();
     let mut stages = std::collections::BTreeSet::new();
@@ -312,7 +338,10 @@ fn a_real_prometheus_scrapes_the_daemon_which_logs_json_lines_with_stage_fields(
             stages.insert(stage.to_owned());
         }
     }
-    assert!(!log.contains('\u{1b}'), "ANSI escapes in a log file:\n{log}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "ANSI escapes in a log file:\n{log}"
+    );
     assert!(
         stages.contains("notify_listener"),
         "no line carries its stage: {stages:?}\n{log}"
@@ -358,7 +387,12 @@ fn an_invalidated_slot_stops_the_daemon_plainly_or_is_resynced_when_allowed() {
     );
     s.start_daemon();
     s.expect(&expected_documents(), "initial sync");
-    let slot = s.status().into_iter().find(|(i, _, _)| i == "book").unwrap().1;
+    let slot = s
+        .status()
+        .into_iter()
+        .find(|(i, _, _)| i == "book")
+        .unwrap()
+        .1;
     s.daemon().terminate(Duration::from_secs(30));
     s.daemon = None;
     s.sql("UPDATE book SET title = 'Written while the slot was lost' WHERE id = 1");
@@ -366,7 +400,11 @@ fn an_invalidated_slot_stops_the_daemon_plainly_or_is_resynced_when_allowed() {
 
     let mut d = common::daemon::Daemon::start(&s.work, "lost.log");
     let status = d.wait_exit(Duration::from_secs(60));
-    assert!(!status.success(), "the daemon went on with a lost slot:\n{}", d.log());
+    assert!(
+        !status.success(),
+        "the daemon went on with a lost slot:\n{}",
+        d.log()
+    );
     let log = d.log();
     assert!(
         log.contains("invalidated replication slot") && log.contains("resync_on_slot_loss"),
@@ -381,7 +419,11 @@ fn an_invalidated_slot_stops_the_daemon_plainly_or_is_resynced_when_allowed() {
             .is_some_and(|d| d["book_title"] == "Written while the slot was lost"))
     })
     .unwrap();
-    assert!(ok, "the re-sync did not bring the lost change:\n{}", s.daemon().log());
+    assert!(
+        ok,
+        "the re-sync did not bring the lost change:\n{}",
+        s.daemon().log()
+    );
     s.sql("UPDATE book SET title = 'Streamed after the re-sync' WHERE id = 1");
     let ok = poll(Duration::from_secs(30), || {
         s.os.refresh("book");

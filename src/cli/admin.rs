@@ -159,10 +159,20 @@ fn print_status(cfg: &Config, st: &IndexStatus) {
     let none = || "none".to_owned();
     match &st.dead_letters {
         Some(n) => println!("index {index}: dead_letters={n} ({})", st.dead_letters_at),
-        None => println!("index {index}: dead_letters=unknown ({})", st.dead_letters_at),
+        None => println!(
+            "index {index}: dead_letters=unknown ({})",
+            st.dead_letters_at
+        ),
     }
-    let lag_secs = st.lag_secs.map(|l| format!(" lag_secs={l:.1}")).unwrap_or_default();
-    let phase = st.daemon_phase.as_ref().map(|p| format!(" daemon={p}")).unwrap_or_default();
+    let lag_secs = st
+        .lag_secs
+        .map(|l| format!(" lag_secs={l:.1}"))
+        .unwrap_or_default();
+    let phase = st
+        .daemon_phase
+        .as_ref()
+        .map(|p| format!(" daemon={p}"))
+        .unwrap_or_default();
     let checkpoint = st.checkpoint.clone().unwrap_or_else(none);
     match cfg.capture.mode {
         CaptureMode::Wal if st.bootstrapped => println!(

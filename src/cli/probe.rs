@@ -11,7 +11,10 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Probes the daemon; prints its answer and returns the exit code (0 when it says yes).
 pub fn health(cfg: &Config, url: Option<&str>, live: bool) -> i32 {
-    let Some(target) = url.map(str::to_owned).or_else(|| cfg.metrics.listen.clone()) else {
+    let Some(target) = url
+        .map(str::to_owned)
+        .or_else(|| cfg.metrics.listen.clone())
+    else {
         eprintln!("error: metrics.listen is not set, so the daemon serves no /readyz: set it (PGSYNC_METRICS__LISTEN=0.0.0.0:9187) or pass --url host:port");
         return 2;
     };
@@ -49,7 +52,10 @@ pub fn probe_address(target: &str) -> String {
 pub fn get(target: &str, path: &str) -> std::io::Result<(u16, String)> {
     let addr = probe_address(target);
     let sock = addr.to_socket_addrs()?.next().ok_or_else(|| {
-        std::io::Error::new(std::io::ErrorKind::NotFound, format!("no address for {addr}"))
+        std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("no address for {addr}"),
+        )
     })?;
     let mut s = TcpStream::connect_timeout(&sock, TIMEOUT)?;
     s.set_read_timeout(Some(TIMEOUT))?;

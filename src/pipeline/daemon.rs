@@ -364,10 +364,7 @@ fn mark_streaming_when_started(index: &str, healthy: &watch::Sender<bool>) {
     let index = index.to_owned();
     tokio::spawn(async move {
         if started.wait_for(|s| *s).await.is_ok() {
-            crate::telemetry::health::set_phase(
-                &index,
-                crate::telemetry::health::Phase::Streaming,
-            );
+            crate::telemetry::health::set_phase(&index, crate::telemetry::health::Phase::Streaming);
         }
     });
 }

@@ -138,7 +138,10 @@ impl Monitor {
     /// Writes a heartbeat when one is due.
     async fn heartbeat(&mut self) -> Result<()> {
         let every = Duration::from_secs(self.cfg.metrics.heartbeat_secs);
-        if !self.serving() || every.is_zero() || self.last_heartbeat.is_some_and(|t| t.elapsed() < every) {
+        if !self.serving()
+            || every.is_zero()
+            || self.last_heartbeat.is_some_and(|t| t.elapsed() < every)
+        {
             return Ok(());
         }
         let Some(client) = &self.client else {

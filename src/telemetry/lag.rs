@@ -123,9 +123,6 @@ mod tests {
     #[test]
     fn postgres_timestamps_count_from_2000() {
         let t = pg_time(1_000_000);
-        assert_eq!(
-            t.duration_since(UNIX_EPOCH).unwrap().as_secs(),
-            946_684_801
-        );
+        assert_eq!(t.duration_since(UNIX_EPOCH).unwrap().as_secs(), 946_684_801);
     }
 }

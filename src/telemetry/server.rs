@@ -70,7 +70,11 @@ async fn serve(listener: std::net::TcpListener, max_lag: u64) {
 /// The answer to one request.
 fn answer<B>(req: &Request<B>, max_lag: u64) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET only\n".into());
+        return reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "GET only\n".into(),
+        );
     }
     match req.uri().path() {
         "/metrics" => reply(StatusCode::OK, PROMETHEUS_TEXT, super::render()),
