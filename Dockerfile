@@ -19,14 +19,16 @@ RUN set -eu; R=/rootfs; \
     mkdir -p $R/usr/local/bin $R/etc/ssl/certs $R/etc/pgsync $R/var/lib/pgsync/state $R/tmp; \
     cp target/release/pgsync $R/usr/local/bin/pgsync; \
     ln -s pgsync $R/usr/local/bin/bootstrap; ln -s pgsync $R/usr/local/bin/parallel_sync; \
-    cp -a --parents /usr/lib/python3.11 $R; \
+    mkdir -p $R/usr/lib; cp -a /usr/lib/python3.11 $R/usr/lib/; \
     find $R/usr/lib/python3.11 -depth \( -name test -o -name tests -o -name __pycache__ \
         -o -name idlelib -o -name tkinter -o -name turtledemo -o -name ensurepip \
         -o -name 'config-3.11-*' \) -exec rm -rf {} +; \
     for f in target/release/pgsync $R/usr/lib/python3.11/lib-dynload/*.so; do \
         ldd "$f" | awk '/=> \//{print $3} /^\t\/.*ld-linux/{print $1}'; \
-    done | sort -u | xargs -I{} cp --parents -L {} $R; \
-    cp /etc/ssl/certs/ca-certificates.crt $R/etc/ssl/certs/; \
+    done | sort -u | while read -r lib; do \
+        mkdir -p "$R$(dirname "$lib")"; cp -L "$lib" "$R$lib"; \
+    done; \
+    cp /etc/ld.so.cache $R/etc/; cp /etc/ssl/certs/ca-certificates.crt $R/etc/ssl/certs/; \
     echo 'pgsync:x:10001:10001:pgsync:/var/lib/pgsync:/nonexistent' > $R/etc/passwd; \
     echo 'pgsync:x:10001:' > $R/etc/group; \
     chown -R 10001:10001 $R/var/lib/pgsync; chmod 1777 $R/tmp

@@ -79,7 +79,7 @@ async fn slot_wal_limit_warning(cfg: &Config, database: &str) -> Result<Option<S
         .await?
         .get(0);
     Ok((v == "-1").then(|| {
-        "warning: max_slot_wal_keep_size is unset (-1): while the daemon is down or behind, its replication slot keeps WAL on the server without limit, until the disk is full; set it in postgresql.conf (e.g. max_slot_wal_keep_size = '50GB'); past it PostgreSQL invalidates the slot, which the daemon reports (or re-syncs with capture.resync_on_slot_loss = true)".to_owned()
+        "slot safety: max_slot_wal_keep_size is unset (-1): while the daemon is down or behind, its replication slot keeps WAL on the server without limit, until the disk is full; set it in postgresql.conf (e.g. max_slot_wal_keep_size = '50GB'); past it PostgreSQL invalidates the slot, which the daemon reports (or re-syncs with capture.resync_on_slot_loss = true)".to_owned()
     }))
 }
 
