@@ -35,6 +35,8 @@ RUN set -eu; R=/rootfs; \
 
 FROM scratch
 COPY --from=build /rootfs /
+# COPY makes what it copies root's: the state directory belongs to the user that writes it.
+COPY --from=build --chown=10001:10001 /rootfs/var/lib/pgsync /var/lib/pgsync
 COPY config/pgsync.example.toml /etc/pgsync/pgsync.example.toml
 ENV PATH=/usr/local/bin \
     SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt \

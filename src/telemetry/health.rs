@@ -1,7 +1,7 @@
 //! What `/readyz` answers: each index's phase (set by the daemon and its supervisor), whether the
 //! search engine answered the monitor's last probe, and the lag the monitor measured. Ready means
-//! every index is streaming, syncing or a standby, its engine answers and it lags no more than
-//! `[metrics] ready_max_lag_secs`.
+//! every index is streaming (lagging no more than `[metrics] ready_max_lag_secs`), syncing or a
+//! standby, and its engine answers.
 
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -70,12 +70,6 @@ pub fn set_lag(index: &str, secs: Option<f64>) {
     with_index(index, |h| h.lag_secs = secs);
 }
 
-/// The phase of `index`, if it is known.
-pub fn phase(index: &str) -> Option<Phase> {
-    let s = STATE.lock().unwrap_or_else(|p| p.into_inner());
-    s.get(index).map(|h| h.phase.clone())
-}
-
 /// Whether every index is ready, with a JSON body saying why (or why not) per index.
 pub fn readiness(max_lag_secs: u64) -> (bool, serde_json::Value) {
     let s = STATE.lock().unwrap_or_else(|p| p.into_inner());
@@ -108,10 +102,51 @@ fn not_ready(h: &IndexHealth, max_lag_secs: u64) -> Option<String> {
     if let Some(e) = &h.engine_error {
         return Some(format!("the search engine does not answer: {e}"));
     }
+    // An initial sync lags by design (the slot waits until it is done): it is ready while it
+    // makes progress.
+    if h.phase == Phase::Syncing {
+        return None;
+    }
     match h.lag_secs {
         Some(l) if l > max_lag_secs as f64 => Some(format!(
             "lags {l:.0}s behind PostgreSQL (metrics.ready_max_lag_secs = {max_lag_secs})"
         )),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn health(phase: Phase, engine_error: Option<&str>, lag: Option<f64>) -> IndexHealth {
+        IndexHealth {
+            phase,
+            engine_error: engine_error.map(str::to_owned),
+            lag_secs: lag,
+        }
+    }
+
+    #[test]
+    fn ready_means_streaming_within_the_lag_syncing_or_standby_with_the_engine_answering() {
+        assert_eq!(
+            not_ready(&health(Phase::Streaming, None, Some(1.0)), 60),
+            None
+        );
+        assert_eq!(
+            not_ready(&health(Phase::Standby, Some("down"), None), 60),
+            None
+        );
+        assert_eq!(
+            not_ready(&health(Phase::Syncing, None, Some(600.0)), 60),
+            None
+        );
+        let lagging = not_ready(&health(Phase::Streaming, None, Some(61.0)), 60).unwrap();
+        assert!(lagging.contains("ready_max_lag_secs = 60"), "{lagging}");
+        let frozen = not_ready(&health(Phase::Syncing, Some("no answer"), None), 60).unwrap();
+        assert!(frozen.contains("search engine"), "{frozen}");
+        let failing = not_ready(&health(Phase::Failing("boom".into()), None, None), 60).unwrap();
+        assert!(failing.contains("boom"), "{failing}");
+        assert!(not_ready(&health(Phase::Starting, None, None), 60).is_some());
     }
 }

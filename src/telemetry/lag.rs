@@ -95,7 +95,7 @@ impl Heartbeats {
             .map_or(0.0, |(_, at)| at.elapsed().as_secs_f64())
     }
 
-    /// Whether any heartbeat was written and none confirmed yet, since `since`.
+    /// Whether every heartbeat written so far is confirmed.
     pub fn is_empty(&self) -> bool {
         self.sent.is_empty()
     }
