@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the integration tests start as real services: PostgreSQL 15
-# server binaries, Redis, and osmem-server (in-memory OpenSearch, from PyPI).
+# server binaries, Redis, osmem-server (in-memory OpenSearch, from PyPI), and
+# Prometheus (Debian's package: `promtool check metrics` and a real scraper).
 # Idempotent: installs only what is missing. Quiet on success except for one
 # line naming the osmem-server binary. As non-root without usable sudo it
 # only checks, and explains what to install.
@@ -41,6 +42,8 @@ apt_missing=()
 [ -x "$PG_BIN" ] || apt_missing+=(postgresql-15)
 command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] ||
     apt_missing+=(redis-server)
+command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 ||
+    apt_missing+=(prometheus)
 
 if [ "${#apt_missing[@]}" -gt 0 ]; then
     if can_root && command -v apt-get >/dev/null 2>&1; then
@@ -120,5 +123,6 @@ fi
 # Cheap proof that what we found actually runs.
 run "$PG_BIN" --version
 run redis-server --version
+run promtool --version
 run "$osmem" -version
 echo "osmem-server: $osmem"

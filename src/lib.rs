@@ -14,5 +14,6 @@ pub mod schema;
 pub mod sink;
 pub mod source;
 pub mod sql;
+pub mod telemetry;
 
 pub use error::{Error, ErrorKind, Result};

@@ -27,6 +27,8 @@ impl Outage {
     pub fn failed(&mut self, e: &Error, retry_in: Duration) -> Duration {
         match &mut self.current {
             None => {
+                metrics::counter!(crate::telemetry::names::OUTAGES, "service" => e.kind.service())
+                    .increment(1);
                 tracing::warn!(
                     target: "pgsync_rs::outage",
                     service = e.kind.service(),

@@ -63,7 +63,22 @@ pub enum Command {
     /// Remove everything bootstrap created.
     Teardown,
     /// Show slot position, lag and checkpoint per index.
-    Status,
+    Status {
+        /// One JSON document for scripts (the same facts as the metrics).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Probe a running daemon's /readyz (`metrics.listen`); exit 0 when ready, 1 otherwise.
+    /// The container image's HEALTHCHECK (the image has no curl).
+    Health {
+        /// `host:port` or `http://host:port` of the daemon's listener, instead of
+        /// `metrics.listen`.
+        #[arg(long)]
+        url: Option<String>,
+        /// Probe /healthz (the process answers) instead of /readyz.
+        #[arg(long)]
+        live: bool,
+    },
     /// What a changed schema.json does to each index (rebuild, change in place, nothing).
     Plan,
     /// Rebuild an index into a new physical index with no downtime (same definition).
@@ -89,7 +104,17 @@ pub enum Action {
     /// `teardown`.
     Teardown,
     /// `status`.
-    Status,
+    Status {
+        /// As JSON.
+        json: bool,
+    },
+    /// `health`.
+    Health {
+        /// Where the daemon listens, instead of `metrics.listen`.
+        url: Option<String>,
+        /// `/healthz` instead of `/readyz`.
+        live: bool,
+    },
     /// `run`: the daemon.
     Daemon {
         /// Recreate the index first.
@@ -136,7 +161,8 @@ impl Cli {
             Command::Validate => Action::Validate,
             Command::Bootstrap => Action::Bootstrap,
             Command::Teardown => Action::Teardown,
-            Command::Status => Action::Status,
+            Command::Status { json } => Action::Status { json },
+            Command::Health { url, live } => Action::Health { url, live },
             Command::DeadLetters { action } => Action::DeadLetters(action),
             Command::Plan => Action::Plan,
             Command::Reindex { index } => Action::Reindex(index),
@@ -167,8 +193,9 @@ impl Cli {
 }
 
 /// The subcommand names: a command line naming one is this program's own form.
-pub const SUBCOMMANDS: [&str; 9] = [
+pub const SUBCOMMANDS: [&str; 10] = [
     "validate",
+    "health",
     "bootstrap",
     "run",
     "teardown",

@@ -21,7 +21,8 @@ pub async fn dispatch(action: Action, cfg: Config) -> Result<i32> {
         Action::Daemon { recreate } => crate::pipeline::daemon::run(&cfg, recreate).await,
         Action::Bootstrap => super::admin::bootstrap(&cfg).await.map(|_| 0),
         Action::Teardown => super::admin::teardown(&cfg).await.map(|_| 0),
-        Action::Status => super::admin::status(&cfg).await.map(|_| 0),
+        Action::Status { json } => super::admin::status(&cfg, json).await.map(|_| 0),
+        Action::Health { url, live } => Ok(super::probe::health(&cfg, url.as_deref(), live)),
         Action::DeadLetters(action) => super::dead_letters::run(&cfg, action).await,
         Action::Plan => super::schema_change::plan(&cfg).await,
         Action::Reindex(index) => super::schema_change::reindex(&cfg, &index).await,
@@ -58,7 +59,28 @@ async fn validate(cfg: &Config) -> Result<i32> {
             println!("{w}");
         }
     }
+    if let Some(p) = plans.first() {
+        if let Some(w) = slot_wal_limit_warning(cfg, &p.spec.database).await? {
+            println!("{w}");
+        }
+    }
     Ok(0)
+}
+
+/// In wal mode, a warning when `max_slot_wal_keep_size` is unset: a slot of a daemon that is
+/// down or stuck then keeps WAL without bound, until the server's disk is full.
+async fn slot_wal_limit_warning(cfg: &Config, database: &str) -> Result<Option<String>> {
+    if cfg.capture.mode != crate::config::CaptureMode::Wal {
+        return Ok(None);
+    }
+    let client = crate::config::connect(cfg, database).await?;
+    let v: String = client
+        .query_one("SELECT current_setting('max_slot_wal_keep_size')", &[])
+        .await?
+        .get(0);
+    Ok((v == "-1").then(|| {
+        "slot safety: max_slot_wal_keep_size is unset (-1): while the daemon is down or behind, its replication slot keeps WAL on the server without limit, until the disk is full; set it in postgresql.conf (e.g. max_slot_wal_keep_size = '50GB'); past it PostgreSQL invalidates the slot, which the daemon reports (or re-syncs with capture.resync_on_slot_loss = true)".to_owned()
+    }))
 }
 
 /// `run --once --full`: creates the index if needed and rebuilds every document of every index

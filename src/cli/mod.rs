@@ -8,12 +8,14 @@ mod args;
 mod catch_up;
 mod commands;
 mod dead_letters;
+mod logging;
 mod pgsync_forms;
+mod probe;
 mod schema_change;
 
 pub use args::{Action, Cli, Command, Invocation};
 
-use crate::config::{self, Config, LogFormat};
+use crate::config::{self, Config};
 use crate::ErrorKind;
 use clap::Parser;
 use std::path::{Path, PathBuf};
@@ -72,7 +74,7 @@ pub fn run(inv: Invocation, mut env: Vec<(String, String)>, mut warnings: Vec<St
             return 2;
         }
     };
-    init_logging(&cfg);
+    logging::init(&cfg);
     crate::pipeline::stage::record_panics();
     let _faults = crate::fault::setup();
     // Logged only now: before logging is set up they would be lost.
@@ -162,22 +164,6 @@ pub fn file_kind(path: &Path) -> crate::Result<FileKind> {
         Ok(_) => FileKind::Schema,
         Err(_) => FileKind::Runtime,
     })
-}
-
-fn init_logging(cfg: &Config) {
-    use tracing_subscriber::EnvFilter;
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.log.level));
-    use std::io::IsTerminal;
-    // Colours only on a terminal: container logs and files get plain text.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
-        .with_writer(std::io::stderr);
-    let _ = match cfg.log.format {
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Text => builder.try_init(),
-    };
 }
 
 #[cfg(test)]

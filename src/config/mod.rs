@@ -46,6 +46,36 @@ pub struct Config {
     pub plugins: PluginsConfig,
     /// Zero-downtime schema migrations.
     pub migration: MigrationConfig,
+    /// The Prometheus `/metrics`, `/healthz` and `/readyz` listener, lag heartbeats.
+    pub metrics: MetricsConfig,
+}
+
+/// Operations: where `/metrics`, `/healthz` and `/readyz` are served, and when the daemon
+/// counts as ready.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// `host:port` of the listener (e.g. `0.0.0.0:9187`); off when unset.
+    pub listen: Option<String>,
+    /// `/readyz` answers 503 once an index lags more than this many seconds behind PostgreSQL.
+    pub ready_max_lag_secs: u64,
+    /// Seconds between heartbeats written to PostgreSQL (a logical message in wal mode, a row in
+    /// the change log in notify mode), so the lag in seconds is true on an idle database too;
+    /// 0 writes none.
+    pub heartbeat_secs: u64,
+    /// Seconds between polls of the slot, the checkpoint and the engine by the daemon's monitor.
+    pub poll_secs: u64,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: None,
+            ready_max_lag_secs: 60,
+            heartbeat_secs: 5,
+            poll_secs: 2,
+        }
+    }
 }
 
 /// Changing the schema: a new physical index is built beside the live one and the alias swapped.
@@ -369,6 +399,13 @@ pub struct CaptureConfig {
     /// changes touch (and before an initial sync). Off: the user refreshes them, and each of
     /// their `REFRESH MATERIALIZED VIEW`s rebuilds the documents that read the view.
     pub refresh_materialized_views: bool,
+    /// Warn (log line and `pgsync_slot_retained_wal_over_threshold`) once the slot keeps more
+    /// WAL than this many bytes; 0 never warns.
+    pub slot_wal_warn_bytes: u64,
+    /// When PostgreSQL invalidated the slot (`wal_status = 'lost'`, past
+    /// `max_slot_wal_keep_size`): `false` stops the daemon with an error saying so; `true` drops
+    /// the slot and the checkpoint and re-syncs the index from the current rows.
+    pub resync_on_slot_loss: bool,
 }
 
 impl Default for CaptureConfig {
@@ -381,6 +418,8 @@ impl Default for CaptureConfig {
             poll_interval_ms: 1000,
             slot_prefix: "pgsync".into(),
             refresh_materialized_views: true,
+            slot_wal_warn_bytes: 1 << 30,
+            resync_on_slot_loss: false,
         }
     }
 }

@@ -8,7 +8,7 @@ use super::lanes::ReceiverStream;
 use super::messages::{Completion, Window};
 use super::stage::{Errors, StageGuard};
 use crate::checkpoint::Event;
-use crate::source::change::{Change, Transaction};
+use crate::source::change::{Change, ChangeOp, Transaction};
 use crate::Error;
 use actix::prelude::*;
 use std::sync::Arc;
@@ -49,6 +49,45 @@ pub struct Coalescer {
     timer: Option<SpawnHandle>,
     sending: bool,
     guard: StageGuard,
+    /// `pgsync_changes_received_total` by table and operation.
+    received: ChangeCounters,
+}
+
+/// Counters of changes received per table and operation, looked up once per pair.
+struct ChangeCounters {
+    index: String,
+    counters: std::collections::HashMap<(Arc<crate::schema::TableId>, ChangeOp), metrics::Counter>,
+}
+
+impl ChangeCounters {
+    fn count(&mut self, changes: &[Change]) {
+        if !crate::telemetry::enabled() {
+            return;
+        }
+        for c in changes {
+            let index = &self.index;
+            self.counters
+                .entry((c.table.clone(), c.op))
+                .or_insert_with(|| {
+                    metrics::counter!(crate::telemetry::names::CHANGES_RECEIVED,
+                        "index" => index.clone(),
+                        "table" => c.table.to_string(),
+                        "operation" => op_name(c.op))
+                })
+                .increment(1);
+        }
+    }
+}
+
+/// The `operation` label of a change.
+fn op_name(op: ChangeOp) -> &'static str {
+    match op {
+        ChangeOp::Insert => "insert",
+        ChangeOp::Update => "update",
+        ChangeOp::Delete => "delete",
+        ChangeOp::Truncate => "truncate",
+        ChangeOp::Refresh => "refresh",
+    }
 }
 
 impl Coalescer {
@@ -69,6 +108,10 @@ impl Coalescer {
             timer: None,
             sending: false,
             guard,
+            received: ChangeCounters {
+                index: index.to_owned(),
+                counters: Default::default(),
+            },
         }
     }
 
@@ -163,6 +206,7 @@ impl Actor for Coalescer {
 
 impl StreamHandler<Transaction> for Coalescer {
     fn handle(&mut self, tx: Transaction, ctx: &mut Context<Self>) {
+        self.received.count(&tx.changes);
         self.buffer.extend(tx.changes);
         self.position = Some(self.position.map_or(tx.position, |p| p.max(tx.position)));
         self.wires.received.send_if_modified(|r| {

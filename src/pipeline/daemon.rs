@@ -36,6 +36,9 @@ struct Services {
 /// SIGHUP drains every index like SIGTERM, then reads schema.json again and starts over: a
 /// changed definition then migrates without a restart of the process.
 pub async fn run(cfg: &Config, recreate: bool) -> Result<i32> {
+    if let Some(listen) = &cfg.metrics.listen {
+        crate::telemetry::server::start(listen, cfg.metrics.ready_max_lag_secs)?;
+    }
     let mut recreate = recreate;
     loop {
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -87,6 +90,7 @@ async fn run_until_stopped(
         return Ok(());
     };
     let mut tasks = vec![];
+    let mut monitors = vec![];
     for plan in services.plans {
         let lock = services
             .locks
@@ -98,6 +102,13 @@ async fn run_until_stopped(
             sink: services.sink.clone(),
             store: services.store.clone(),
         };
+        let monitor = super::monitor::Monitor::new(
+            cfg,
+            index.plan.clone(),
+            index.sink.clone(),
+            index.store.clone(),
+        );
+        monitors.push(tokio::spawn(monitor.run(stop_rx.clone())));
         let stop = stop_rx.clone();
         tasks.push(async move {
             let work = supervise_index(&index, stop.clone(), recreate);
@@ -106,7 +117,9 @@ async fn run_until_stopped(
     }
     // The first failure ends the daemon at once: a lost leader lock must stop every write now,
     // and a daemon silently syncing only some of its indices would go unnoticed.
-    futures::future::try_join_all(tasks).await?;
+    let outcome = futures::future::try_join_all(tasks).await;
+    monitors.iter().for_each(|m| m.abort());
+    outcome?;
     Ok(())
 }
 
@@ -224,21 +237,72 @@ async fn supervise_index(
 ) -> Result<()> {
     let recreate = AtomicBool::new(recreate);
     let what = format!("index {}", ix.plan.spec.index);
-    supervise(
-        &what,
-        Backoff::from_config(&ix.cfg.resilience),
-        ix.cfg.resilience.give_up_after(),
-        stop.clone(),
-        |healthy| {
-            run_index_once(
-                ix,
-                stop.clone(),
-                healthy,
-                recreate.swap(false, Ordering::SeqCst),
-            )
-        },
+    loop {
+        let r = supervise(
+            &what,
+            Backoff::from_config(&ix.cfg.resilience),
+            ix.cfg.resilience.give_up_after(),
+            stop.clone(),
+            |healthy| {
+                run_index_once(
+                    ix,
+                    stop.clone(),
+                    healthy,
+                    recreate.swap(false, Ordering::SeqCst),
+                )
+            },
+        )
+        .await;
+        match r {
+            Err(e) if e.kind == ErrorKind::SlotLost && ix.cfg.capture.resync_on_slot_loss => {
+                resync_after_slot_loss(ix, &e).await?;
+            }
+            Err(e) => {
+                crate::telemetry::health::set_phase(
+                    &ix.plan.spec.index,
+                    crate::telemetry::health::Phase::Failing(e.message.clone()),
+                );
+                return Err(e);
+            }
+            Ok(()) => return Ok(()),
+        }
+    }
+}
+
+/// What an operator reads when PostgreSQL invalidated the slot of `index`.
+pub fn slot_lost_message(index: &str, slot: &str) -> String {
+    format!(
+        "index {index}: PostgreSQL invalidated replication slot {slot} (wal_status = 'lost'): it kept more WAL than max_slot_wal_keep_size allows while this index was behind, so the changes since its checkpoint are gone from the server; set capture.resync_on_slot_loss = true to re-sync the index from the current rows automatically, or run `pgsync teardown` and start again"
     )
-    .await
+}
+
+/// `capture.resync_on_slot_loss`: drops what is left of the capture (the invalidated slot and
+/// its publication, or the change log's triggers stay) and the checkpoint, so the next run
+/// bootstraps again and rebuilds the index from the current rows.
+async fn resync_after_slot_loss(ix: &IndexRun<'_>, e: &Error) -> Result<()> {
+    let (cfg, plan) = (ix.cfg, &ix.plan);
+    let n = names(cfg, plan);
+    tracing::warn!(index = %plan.spec.index, slot = %n.slot, "{}; re-syncing the index from the current rows (capture.resync_on_slot_loss = true)", e.message);
+    if cfg.capture.mode == CaptureMode::Wal {
+        let client = crate::config::connect(cfg, &plan.spec.database).await?;
+        slot::teardown(&client, &n.slot, &n.publication).await?;
+    }
+    ix.store.remove(&n.slot).await
+}
+
+/// In wal mode, the clear error for a slot PostgreSQL invalidated (`wal_status = 'lost'`).
+async fn check_slot_valid(cfg: &Config, plan: &IndexPlan, slot_name: &str) -> Result<()> {
+    if cfg.capture.mode != CaptureMode::Wal {
+        return Ok(());
+    }
+    let client = crate::config::connect(cfg, &plan.spec.database).await?;
+    match slot::slot_status(&client, slot_name).await? {
+        Some(s) if s.wal_status.as_deref() == Some("lost") => Err(Error::new(
+            ErrorKind::SlotLost,
+            slot_lost_message(&plan.spec.index, slot_name),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// One supervised run: bootstrap, then what the index needs (a build into a new physical index,
@@ -252,7 +316,12 @@ async fn run_index_once(
 ) -> Result<bool> {
     let (cfg, plan) = (ix.cfg, &ix.plan);
     let n = names(cfg, plan);
+    crate::telemetry::health::set_phase(
+        &plan.spec.index,
+        crate::telemetry::health::Phase::Starting,
+    );
     ix.sink.check().await?;
+    check_slot_valid(cfg, plan, &n.slot).await?;
     let stored = ix.store.load(&n.slot).await?;
     if stored.as_ref().is_some_and(|r| r.initial_sync_done) && !capture_exists(cfg, plan).await? {
         return Err(lost_capture(cfg, plan, &n.slot));
@@ -271,7 +340,13 @@ async fn run_index_once(
     migration::delete_retired(&mix, &mut run.record).await?;
     check_server_position(cfg, plan, &run.record).await?;
     log_start(cfg, plan, &run.record, &n.slot);
-    let end = stream(run, stop, healthy).await?;
+    mark_streaming_when_started(&plan.spec.index, &healthy);
+    let end = stream(run, stop, healthy).await.map_err(|e| match e.kind {
+        ErrorKind::SlotLost => e.with_hint(
+            "set capture.resync_on_slot_loss = true to re-sync the index from the current rows, or run `pgsync teardown` and start again",
+        ),
+        _ => e,
+    })?;
     match (end, running) {
         (StreamEnd::Finished, Some(m)) => {
             migration::finish_migration(&mix, &m).await?;
@@ -281,6 +356,17 @@ async fn run_index_once(
         (StreamEnd::Finished, None) => Ok(true),
         (StreamEnd::Stopped, _) => Ok(false),
     }
+}
+
+/// Sets the index's phase to streaming once its source is connected.
+fn mark_streaming_when_started(index: &str, healthy: &watch::Sender<bool>) {
+    let mut started = healthy.subscribe();
+    let index = index.to_owned();
+    tokio::spawn(async move {
+        if started.wait_for(|s| *s).await.is_ok() {
+            crate::telemetry::health::set_phase(&index, crate::telemetry::health::Phase::Streaming);
+        }
+    });
 }
 
 /// Does what the step needs before streaming (a build), and the streaming run that follows
@@ -356,6 +442,10 @@ async fn build(
     from: &AliasState,
     rejections: &Rejections,
 ) -> Result<CheckpointRecord> {
+    crate::telemetry::health::set_phase(
+        &ix.plan.spec.index,
+        crate::telemetry::health::Phase::Syncing,
+    );
     let dest = destination(&ix.plan, &record, rejections);
     let start = record.initial.as_ref().map_or(record.position, |p| p.start);
     let log = RangeLog {
@@ -366,14 +456,15 @@ async fn build(
     // The slot (or the triggers) exist before the snapshots the sync reads, so every change
     // committed after them is also streamed afterwards and re-applied from the current rows.
     let summary = initial_sync(ix.cfg, ix.sink.clone(), &dest, Some(log)).await?;
-    println!("{summary}");
+    report(ix.cfg, dest.alias(), &summary.to_string());
     if summary.dead_lettered > 0 {
-        println!(
+        let line = format!(
             "index {}: {} rejected document(s) recorded in {} (see `pgsync dead-letters list`)",
             dest.alias(),
             summary.dead_lettered,
             rejections.store.describe()
         );
+        report(ix.cfg, dest.alias(), &line);
     }
     ix.sink.refresh(&dest.physical).await?;
     let done = CheckpointRecord {
@@ -381,6 +472,15 @@ async fn build(
         ..ix.store.load(&ix.key).await?.unwrap_or(record)
     };
     migration::finish_build(ix, done, from).await
+}
+
+/// A result line for the operator: on stdout (PGSync prints these), or with `log.format =
+/// "json"` as a log line, so the container log stays one JSON object per line.
+fn report(cfg: &Config, index: &str, line: &str) {
+    match cfg.log.format {
+        crate::config::LogFormat::Json => tracing::info!(index = %index, "{line}"),
+        crate::config::LogFormat::Text => println!("{line}"),
+    }
 }
 
 /// The error for a checkpoint whose slot or change log was dropped by someone else.
@@ -448,6 +548,7 @@ async fn as_leader(
         return work.await;
     };
     let index = &plan.spec.index;
+    crate::telemetry::health::set_phase(index, crate::telemetry::health::Phase::Standby);
     let Some(mut held) = lock
         .acquire(stop)
         .await
@@ -456,6 +557,7 @@ async fn as_leader(
         tracing::info!(index = %index, "stop requested while standby");
         return Ok(());
     };
+    crate::telemetry::health::set_phase(index, crate::telemetry::health::Phase::Starting);
     let outcome = tokio::select! {
         r = async {
             wait_for_previous_leader(cfg, plan).await;

@@ -142,10 +142,17 @@ impl StreamHandler<FetchRequest> for Fetcher {
             out: self.out.clone(),
             stats: self.stats.clone(),
         };
+        let index = &self.settings.plan.spec.index;
+        let span = super::stage::stage_span("fetcher", index);
+        let busy = metrics::histogram!(crate::telemetry::names::BUSY,
+            "index" => index.clone(), "stage" => "fetcher");
         let fut = async move {
+            let started = std::time::Instant::now();
             let r = run.run(&mut conn, req).await;
+            busy.record(started.elapsed().as_secs_f64());
             (conn, r)
         };
+        let fut = tracing::Instrument::instrument(fut, span);
         ctx.wait(fut.into_actor(self).map(|(conn, r), act, ctx| {
             act.conn = Some(conn);
             if let Err(e) = r {

@@ -55,7 +55,7 @@ pub fn spawn_writers(
         senders.push(tx);
         dones.push(drx);
     }
-    (Lanes::new(senders), dones)
+    (Lanes::new(senders).observed(dest.alias(), "writer"), dones)
 }
 
 /// The fetcher stage of `dest`: `n` fetchers with inputs of `capacity` messages, each writing to
@@ -93,7 +93,7 @@ pub fn spawn_fetchers(
         });
         senders.push(tx);
     }
-    Lanes::new(senders)
+    Lanes::new(senders).observed(dest.alias(), "fetcher")
 }
 
 /// Where a daemon's initial sync records its ranges as they finish: the index's checkpoint
@@ -271,6 +271,7 @@ async fn run_batch(cfg: &Config, sink: Sink, dest: &Destination, batch: Batch) -
         let (units, rows, mut log) = match batch {
             Batch::Ranges(mut log) => {
                 let (ranges, rows) = plan_ranges(cfg, &plan, &mut log).await?;
+                initial_gauges(&index, ranges.len(), rows);
                 let units = ranges
                     .into_iter()
                     .map(|(i, f)| (i, Unit::Range(f)))
@@ -296,6 +297,7 @@ async fn run_batch(cfg: &Config, sink: Sink, dest: &Destination, batch: Batch) -
             &err_tx,
             &mut err_rx,
             log.as_mut(),
+            &index,
         )
         .await
     }
@@ -311,6 +313,16 @@ async fn run_batch(cfg: &Config, sink: Sink, dest: &Destination, batch: Batch) -
         elapsed: started.elapsed(),
         blocked: blocked.get(),
     })
+}
+
+/// The initial-sync gauges of a new attempt: its ranges and the rows expected.
+fn initial_gauges(index: &str, ranges: usize, rows: Option<u64>) {
+    use crate::telemetry::names::*;
+    let label = || ("index", index.to_owned());
+    metrics::gauge!(INITIAL_RANGES_PLANNED, &[label()]).set(ranges as f64);
+    metrics::gauge!(INITIAL_RANGES_DONE, &[label()]).set(0.0);
+    metrics::gauge!(INITIAL_ROWS_EXPECTED, &[label()]).set(rows.unwrap_or(0) as f64);
+    metrics::gauge!(INITIAL_ROWS_DONE, &[label()]).set(0.0);
 }
 
 /// Refreshes the materialized view nodes first (unless the user refreshes them), so the
@@ -347,8 +359,11 @@ async fn run_units(
     err_tx: &Errors,
     err_rx: &mut mpsc::UnboundedReceiver<Error>,
     mut log: Option<&mut RangeLog>,
+    index: &str,
 ) -> Result<()> {
     let total = units.len();
+    let ranges_done =
+        metrics::gauge!(crate::telemetry::names::INITIAL_RANGES_DONE, "index" => index.to_owned());
     let (finished_tx, mut finished_rx) = mpsc::unbounded_channel::<usize>();
     let feed = async {
         for (i, unit) in units {
@@ -389,6 +404,7 @@ async fn run_units(
             _ = &mut feed, if !fed => fed = true,
             Some(i) = finished_rx.recv() => {
                 finished += 1;
+                ranges_done.set(finished as f64);
                 if let Some(l) = log.as_deref_mut() {
                     l.mark_done(i).await?;
                 }

@@ -13,6 +13,8 @@ pub struct Lanes<T> {
     senders: Vec<Sender<T>>,
     next: AtomicUsize,
     blocked_micros: Arc<std::sync::atomic::AtomicU64>,
+    /// `pgsync_stage_blocked_seconds` of the stage, once [`Lanes::observed`].
+    blocked_metric: Option<metrics::Histogram>,
 }
 
 impl<T> Clone for Lanes<T> {
@@ -21,6 +23,7 @@ impl<T> Clone for Lanes<T> {
             senders: self.senders.clone(),
             next: AtomicUsize::new(self.next.load(Ordering::Relaxed)),
             blocked_micros: self.blocked_micros.clone(),
+            blocked_metric: self.blocked_metric.clone(),
         }
     }
 }
@@ -33,7 +36,22 @@ impl<T: Send + 'static> Lanes<T> {
             senders,
             next: AtomicUsize::new(0),
             blocked_micros: Default::default(),
+            blocked_metric: None,
         }
+    }
+
+    /// Reports the lanes as the input of `stage` of `index` in the metrics: queue depth and
+    /// capacity, and the time senders wait on them.
+    pub fn observed(mut self, index: &str, stage: &'static str) -> Self {
+        if crate::telemetry::enabled() {
+            for tx in &self.senders {
+                crate::telemetry::watch_queue(index, stage, tx);
+            }
+            self.blocked_metric = Some(metrics::histogram!(
+                crate::telemetry::names::BLOCKED,
+                "index" => index.to_owned(), "stage" => stage));
+        }
+        self
     }
 
     /// Number of lanes.
@@ -61,8 +79,12 @@ impl<T: Send + 'static> Lanes<T> {
             Err(tokio::sync::mpsc::error::TrySendError::Full(item)) => {
                 let start = Instant::now();
                 let r = tx.send(item).await.map_err(|_| ());
+                let waited = start.elapsed();
                 self.blocked_micros
-                    .fetch_add(start.elapsed().as_micros() as u64, Ordering::Relaxed);
+                    .fetch_add(waited.as_micros() as u64, Ordering::Relaxed);
+                if let Some(h) = &self.blocked_metric {
+                    h.record(waited.as_secs_f64());
+                }
                 r
             }
             Err(_) => Err(()),

@@ -15,6 +15,7 @@ pub mod lanes;
 pub mod messages;
 pub mod meta;
 pub mod migration;
+pub mod monitor;
 pub mod planner;
 pub mod plugin_step;
 pub mod progress;

@@ -137,6 +137,8 @@ impl Progress {
         let s2 = stop.clone();
         let index = index.to_owned();
         let tty = std::io::stderr().is_terminal();
+        let rows_done =
+            metrics::gauge!(crate::telemetry::names::INITIAL_ROWS_DONE, "index" => index.clone());
         let handle = std::thread::spawn(move || {
             let start = Instant::now();
             if tty {
@@ -152,6 +154,7 @@ impl Progress {
                 );
                 bar.set_prefix(index);
                 while !s2.load(Relaxed) {
+                    rows_done.set(stats.fetched() as f64);
                     bar.set_position(stats.written());
                     std::thread::sleep(Duration::from_millis(200));
                 }
@@ -160,6 +163,7 @@ impl Progress {
                 let mut last = Instant::now();
                 while !s2.load(Relaxed) {
                     std::thread::sleep(Duration::from_millis(100));
+                    rows_done.set(stats.fetched() as f64);
                     if last.elapsed() >= interval {
                         last = Instant::now();
                         let w = stats.written();

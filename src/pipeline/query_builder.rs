@@ -127,6 +127,7 @@ impl StreamHandler<Window> for QueryBuilder {
             physical: self.wires.physical.clone(),
         };
         let refresh_views = self.wires.refresh_views;
+        let span = super::stage::stage_span("query_builder", &plan.spec.index);
         let fut = async move {
             let r = async {
                 let work = state.resolve(&plan, &window.changes, refresh_views).await?;
@@ -135,6 +136,7 @@ impl StreamHandler<Window> for QueryBuilder {
             .await;
             (state, r)
         };
+        let fut = tracing::Instrument::instrument(fut, span);
         ctx.wait(fut.into_actor(self).map(|(state, r), act, ctx| {
             act.state = Some(state);
             if let Err(e) = r {

@@ -30,6 +30,12 @@ pub fn connector(cfg: &crate::config::Config, database: &str) -> Connector {
     })
 }
 
+/// The span a stage's work runs in, so every line it logs names the stage and the index (under
+/// `span` in JSON logs, as a `stage{...}:` prefix in text).
+pub fn stage_span(stage: &'static str, index: &str) -> tracing::Span {
+    tracing::info_span!("stage", stage, index)
+}
+
 /// The arbiter threads of one pipeline run. Stopping them drops every actor still running, with
 /// everything it holds: work in flight is then not written and never checkpointed.
 #[derive(Default)]

@@ -170,6 +170,7 @@ fn spawn_destination(
     );
     drop(write_lanes);
     let (window_tx, window_rx) = mpsc::channel(depth.max(1));
+    crate::telemetry::watch_queue(dest.alias(), "query_builder", &window_tx);
     let wires = QueryBuilderWires {
         out: fetch_lanes,
         frontier: frontier.clone(),
@@ -209,6 +210,8 @@ fn spawn(run: &StreamRun<'_>, err_tx: &Errors, started: watch::Sender<bool>) -> 
     }
     let (received_tx, received_rx) = watch::channel(start);
     let (tx_tx, tx_rx) = mpsc::channel::<Transaction>(cfg.pipeline.channel_capacity.max(1) * 16);
+    crate::telemetry::watch_queue(run.destinations[0].alias(), "coalescer", &tx_tx);
+    measure_latency(run, frontier_rx.clone());
     {
         let settings = CoalesceSettings {
             window: Duration::from_millis(cfg.capture.coalesce_window_ms),
@@ -242,6 +245,26 @@ fn spawn(run: &StreamRun<'_>, err_tx: &Errors, started: watch::Sender<bool>) -> 
         frontier: frontier_rx,
         received: received_rx,
     }
+}
+
+/// Records the end-to-end latency of the transactions the checkpoint passes (see
+/// [`crate::telemetry::lag`]), until the run's checkpointer is gone.
+fn measure_latency(run: &StreamRun<'_>, mut frontier: watch::Receiver<u64>) {
+    if !crate::telemetry::enabled() {
+        return;
+    }
+    let key = match run.cfg.capture.mode {
+        CaptureMode::Wal => run.slot.clone(),
+        CaptureMode::Notify => log_names(run.cfg, &run.destinations[0].plan).table,
+    };
+    let index = run.destinations[0].alias().to_owned();
+    tokio::spawn(async move {
+        while frontier.changed().await.is_ok() {
+            let at = *frontier.borrow_and_update();
+            crate::telemetry::lag::written(&key, &index, at);
+        }
+        crate::telemetry::lag::forget(&key);
+    });
 }
 
 fn spawn_source(

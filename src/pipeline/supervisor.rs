@@ -118,6 +118,7 @@ where
             Err(e) => e,
         };
         let delay = backoff.next_delay();
+        record_restart(what, &e);
         let lasted = outage.failed(&e, delay);
         if let Some(limit) = give_up_after.filter(|l| lasted >= *l) {
             return Err(e.context(format!(
@@ -130,6 +131,18 @@ where
             _ = stop.wait_for(|s| *s) => return Ok(()),
         }
     }
+}
+
+/// Counts a restart of `what` (`index <name>`) and marks the index as failing for `/readyz`.
+fn record_restart(what: &str, e: &crate::Error) {
+    let index = what.strip_prefix("index ").unwrap_or(what);
+    metrics::counter!(crate::telemetry::names::RESTARTS,
+        "index" => index.to_owned(), "cause" => format!("{:?}", e.kind))
+    .increment(1);
+    crate::telemetry::health::set_phase(
+        index,
+        crate::telemetry::health::Phase::Failing(e.message.clone()),
+    );
 }
 
 /// Waits at start-up for a service that is not up yet (docker-compose starts everything

@@ -138,6 +138,7 @@ impl Writer {
             errors.clone(),
         );
         let (physical, rejections) = (dest.physical.clone(), dest.rejections.clone());
+        register_counters(&index);
         Writer {
             state: Some(WriterLoop {
                 shared: Shared {
@@ -162,7 +163,9 @@ impl Actor for Writer {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         if let Some(state) = self.state.take() {
-            ctx.spawn(state.run().into_actor(self).map(|_, _, ctx| ctx.stop()));
+            let span = super::stage::stage_span("writer", &state.shared.index);
+            let work = tracing::Instrument::instrument(state.run(), span);
+            ctx.spawn(work.into_actor(self).map(|_, _, ctx| ctx.stop()));
         }
     }
 
@@ -291,11 +294,15 @@ impl Shared {
     async fn write(&self, p: Pending) {
         let batch = BulkBatch::new(p.body.clone(), p.ids.clone());
         let bytes = batch.body.len() as u64;
+        let started = std::time::Instant::now();
         let sent = if batch.is_empty() {
             Ok(BulkOutcome::default())
         } else {
             self.sink.bulk(batch).await
         };
+        if let Ok(o) = &sent {
+            self.record_bulk(&p.body, o, started.elapsed());
+        }
         let outcome = match sent {
             Ok(o) => o,
             Err(e) => {
@@ -315,6 +322,28 @@ impl Shared {
         p.completions.into_iter().for_each(Completion::done);
     }
 
+    /// The metrics of one answered bulk request.
+    fn record_bulk(&self, body: &[u8], o: &BulkOutcome, took: Duration) {
+        use crate::telemetry::names::*;
+        if !crate::telemetry::enabled() || body.is_empty() {
+            return;
+        }
+        let index = || ("index", self.index.clone());
+        let deletes = body
+            .split(|b| *b == b'\n')
+            .filter(|l| l.starts_with(b"{\"delete\""))
+            .count() as u64;
+        let secs = took.as_secs_f64();
+        metrics::counter!(BULK_REQUESTS, &[index()]).increment(1);
+        metrics::counter!(BULK_BYTES, &[index()]).increment(body.len() as u64);
+        metrics::counter!(BULK_RETRIES, &[index()]).increment(o.retries as u64);
+        metrics::histogram!(BULK_DURATION, &[index()]).record(secs);
+        metrics::histogram!(BUSY, &[index(), ("stage", "writer".to_owned())]).record(secs);
+        let ok = o.succeeded as u64;
+        metrics::counter!(DOCUMENTS_INDEXED, &[index()]).increment(ok.saturating_sub(deletes));
+        metrics::counter!(DOCUMENTS_DELETED, &[index()]).increment(deletes.min(ok));
+    }
+
     /// Handles the rejected documents by policy and clears the dead letters of accepted ones.
     async fn account(&self, p: &Pending, outcome: &BulkOutcome) -> Result<()> {
         if outcome.stale > 0 {
@@ -328,6 +357,9 @@ impl Shared {
             return Ok(());
         }
         self.stats.add_failed(outcome.failures.len() as u64);
+        let rejected = (outcome.failures.len() + p.refused.len()) as u64;
+        metrics::counter!(crate::telemetry::names::DOCUMENTS_REJECTED, "index" => self.index.clone())
+            .increment(rejected);
         for f in &outcome.failures {
             tracing::error!(index = %self.index, id = %f.id, status = f.status, reason = %f.reason, "document rejected by the search engine");
         }
@@ -356,9 +388,28 @@ impl Shared {
                     .collect();
                 dl.record(&entries).await?;
                 self.stats.add_dead_lettered(entries.len() as u64);
+                metrics::counter!(crate::telemetry::names::DOCUMENTS_DEAD_LETTERED, "index" => self.index.clone())
+                    .increment(entries.len() as u64);
                 Ok(())
             }
         }
+    }
+}
+
+/// The writer's counters exist from the start (at 0), so a scrape (and the dashboard) shows
+/// them before the first rejection.
+fn register_counters(index: &str) {
+    use crate::telemetry::names::*;
+    for name in [
+        DOCUMENTS_INDEXED,
+        DOCUMENTS_DELETED,
+        DOCUMENTS_REJECTED,
+        DOCUMENTS_DEAD_LETTERED,
+        BULK_REQUESTS,
+        BULK_BYTES,
+        BULK_RETRIES,
+    ] {
+        metrics::counter!(name, "index" => index.to_owned()).increment(0);
     }
 }
 

@@ -130,6 +130,15 @@ impl Sink {
         }
     }
 
+    /// Whether the engine answers `GET /` now, without logging (the daemon's monitor asks every
+    /// few seconds, for `/readyz`). Files and discard always answer.
+    pub async fn probe(&self) -> Result<()> {
+        match self {
+            Sink::Search(s) => s.server_info().await.map(|_| ()),
+            Sink::Ndjson(_) | Sink::Discard => Ok(()),
+        }
+    }
+
     /// Creates `index` with `body` (`{"settings": …, "mappings": …}`) when it is missing and
     /// returns true; leaves an existing index alone (false) unless `recreate`, which deletes it
     /// first. Files and discard have no index state and report true (fresh).

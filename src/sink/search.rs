@@ -386,6 +386,8 @@ impl SearchSink {
                 parsed.retry_reason.as_deref().unwrap_or(""),
                 delay
             );
+            metrics::counter!(crate::telemetry::names::ENGINE_RETRIES, "cause" => "items")
+                .increment(1);
             tokio::time::sleep(delay).await;
             out.retries += 1;
             (body, ids) = subset(&body, &ids, &parsed.retry)?;
@@ -536,6 +538,13 @@ impl SearchSink {
                         format!("{what} failed ({reason})"),
                     );
                     self.outage().failed(&e, delay);
+                    let cause = match &answer {
+                        Some(a) if a.status == 429 => "status_429",
+                        Some(_) => "status_5xx",
+                        None => "connection",
+                    };
+                    metrics::counter!(crate::telemetry::names::ENGINE_RETRIES, "cause" => cause)
+                        .increment(1);
                     tokio::time::sleep(delay).await;
                     *retries += 1;
                 }

@@ -445,6 +445,30 @@ struct Page {
     next: (u64, i64),
     /// The log held more rows below `xmin` than one page.
     more: bool,
+    /// The page held heartbeat rows (see [`heartbeat`]).
+    heartbeat: bool,
+}
+
+/// The operation of a heartbeat row in the change log.
+const HEARTBEAT_OP: &str = "H";
+
+/// Writes a heartbeat row into the change log (the daemon's monitor does, every few seconds);
+/// returns its transaction id: once the stored checkpoint passes it, the pipeline has read and
+/// handed on everything written before it.
+pub async fn heartbeat(client: &Client, names: &LogNames) -> Result<u64> {
+    let xid: String = client
+        .query_one(
+            &format!(
+                "INSERT INTO {} (tbl_schema, tbl_name, op) VALUES ('', '', 'H') RETURNING xid::text",
+                names.log_sql()
+            ),
+            &[],
+        )
+        .await
+        .map_err(|e| Error::from(e).context(format!("writing a heartbeat to {}", names.table)))?
+        .get(0);
+    xid.parse()
+        .map_err(|_| Error::internal(format!("unexpected transaction id {xid:?}")))
 }
 
 fn parse_row(text: Option<String>) -> Result<Option<Row>> {
@@ -485,6 +509,7 @@ async fn read_page(
     };
     let mut changes = Vec::with_capacity(rows.len());
     let mut last = None;
+    let mut heartbeats = 0;
     for r in &rows {
         let Some(xid) = r.get::<_, Option<&str>>(1) else {
             continue; // the LEFT JOIN's empty row: nothing to read
@@ -502,6 +527,13 @@ async fn read_page(
             "D" => ChangeOp::Delete,
             "T" => ChangeOp::Truncate,
             "R" => ChangeOp::Refresh,
+            // A heartbeat of the daemon's monitor: no change, but the page's position must
+            // still be handed on so the checkpoint passes it (that is how its lag is read).
+            HEARTBEAT_OP => {
+                heartbeats += 1;
+                last = Some((xid, id));
+                continue;
+            }
             other => {
                 return Err(Error::internal(format!(
                     "change-log row {id} has unknown operation {other:?}"
@@ -516,7 +548,8 @@ async fn read_page(
         });
         last = Some((xid, id));
     }
-    let more = changes.len() as i64 >= s.page_rows;
+    let more = (changes.len() + heartbeats) as i64 >= s.page_rows;
+    let heartbeat = heartbeats > 0;
     Ok(match (last, more) {
         // A full page: everything below the last row's transaction is complete; that
         // transaction's remaining rows follow on the next page.
@@ -525,6 +558,7 @@ async fn read_page(
             position: xid,
             next: (xid, id),
             more,
+            heartbeat,
         },
         // Everything below xmin is read.
         _ => Page {
@@ -532,6 +566,7 @@ async fn read_page(
             position: xmin.max(from.0),
             next: (xmin.max(from.0), 0),
             more: false,
+            heartbeat,
         },
     })
 }
@@ -600,7 +635,12 @@ pub async fn run(
         loop {
             let page = read_page(&client, &settings, cursor, &mut tables).await?;
             cursor = page.next;
-            if !page.changes.is_empty() {
+            if !page.changes.is_empty() || page.heartbeat {
+                crate::telemetry::lag::committed(
+                    &settings.names.table,
+                    page.position,
+                    std::time::SystemTime::now(),
+                );
                 let tx = Transaction {
                     position: page.position,
                     changes: page.changes,
@@ -667,15 +707,19 @@ pub fn spawn_listener(
     started: watch::Sender<bool>,
 ) -> tokio::task::JoinHandle<()> {
     let (exit_tx, exit_rx) = oneshot::channel();
-    let job = Box::pin(run(
-        cfg.clone(),
-        database.to_string(),
-        settings,
-        start,
-        out,
-        frontier,
-        stop,
-        started,
+    let span = tracing::info_span!("stage", stage = "notify_listener", log = %settings.names.table);
+    let job = Box::pin(tracing::Instrument::instrument(
+        run(
+            cfg.clone(),
+            database.to_string(),
+            settings,
+            start,
+            out,
+            frontier,
+            stop,
+            started,
+        ),
+        span,
     ));
     let arbiter = Arbiter::new();
     let listener = NotifyListener {

@@ -456,12 +456,21 @@ impl Session<'_> {
                         self.tracker.forwarded = self.tracker.forwarded.max(final_lsn);
                     }
                 }
-                ReplicationEvent::Commit { end_lsn, .. } => {
+                ReplicationEvent::Commit {
+                    end_lsn,
+                    commit_time_micros,
+                    ..
+                } => {
                     in_txn = false;
                     let end_lsn = end_lsn.as_u64();
                     if changes.is_empty() && !split {
                         self.tracker.idle = self.tracker.idle.max(end_lsn);
                     } else {
+                        crate::telemetry::lag::committed(
+                            &self.cfg.slot,
+                            end_lsn,
+                            crate::telemetry::lag::pg_time(commit_time_micros),
+                        );
                         let txn = Transaction {
                             position: end_lsn,
                             changes: std::mem::take(&mut changes),
@@ -737,7 +746,11 @@ impl Actor for WalReader {
         };
         self.running = true;
         let stop = StopSignals(vec![shutdown, self.stop.subscribe()]);
-        let fut = run_until(self.cfg.clone(), out, acks, stop, self.started.take());
+        let span = tracing::info_span!("stage", stage = "wal_reader", slot = %self.cfg.slot);
+        let fut = tracing::Instrument::instrument(
+            run_until(self.cfg.clone(), out, acks, stop, self.started.take()),
+            span,
+        );
         ctx.spawn(fut.into_actor(self).map(|result, act, ctx| {
             act.running = false;
             act.finish(result);
