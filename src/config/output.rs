@@ -57,11 +57,12 @@ impl OutputKind {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TypesenseSchema {
-    /// Fields the index's mapping declares get the matching Typesense type; every other field is
-    /// auto-detected from the first document holding it.
+    /// Fields the index's mapping types are indexed with the matching Typesense type; every
+    /// other field is stored whole, not indexed.
     #[default]
     Mapping,
-    /// Every field auto-detected (the mapping is ignored).
+    /// Every field indexed, its type auto-detected from the first document holding it (the
+    /// mapping is ignored); documents Typesense cannot type are dead-lettered.
     Auto,
 }
 

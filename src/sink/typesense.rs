@@ -1,8 +1,8 @@
 //! Typesense as a target: one collection per index, documents upserted through the import API
 //! (`action=upsert`, one JSON line per document) and deleted by id. Typesense's `id` must be a
 //! string, so it is the document's `_id` (replacing a top-level `id` field of the `_source`).
-//! The collection's schema comes from the index's mapping (the rest auto-detected) or is all
-//! auto-detected; nested fields are enabled either way.
+//! The collection's schema comes from the index's mapping (the rest stored, not indexed) or is
+//! all auto-detected; nested fields are enabled either way.
 //!
 //! Within one batch only the last action of each `_id` is sent (Typesense keeps no versions:
 //! the end state is what matters); the writer never has two batches holding the same `_id` in
@@ -283,22 +283,38 @@ fn with_id(e: &DocEvent) -> Result<Vec<u8>> {
     Ok(serde_json::to_vec(&doc).expect("a map serializes"))
 }
 
-/// The collection schema of `index`: declared fields from the mapping (all optional), then a
-/// `.*` auto field for the rest; nested fields enabled.
+/// The collection schema of `index`, nested fields enabled. `Mapping`: the top-level fields the
+/// mapping types are indexed (all optional); every other field is stored whole but not indexed,
+/// so any document round-trips (Typesense refuses, in indexed fields, arrays holding `null`
+/// and values of another type than the first document's). A schema needs one field, so with
+/// none mapped an unindexed placeholder stands in. `Auto`: a `.*` auto field indexes
+/// everything, within those limits (a document beyond them is dead-lettered).
 pub fn collection_schema(index: &str, body: &Value, mode: TypesenseSchema) -> Value {
     let mut fields = Vec::new();
-    if mode == TypesenseSchema::Mapping {
-        if let Some(props) = body["mappings"]["properties"].as_object() {
-            for (name, m) in props {
-                if let Some(t) = m["type"].as_str().and_then(typesense_type) {
-                    fields.push(json!({"name": name, "type": t, "optional": true}));
+    match mode {
+        TypesenseSchema::Mapping => {
+            if let Some(props) = body["mappings"]["properties"].as_object() {
+                for (name, m) in props {
+                    if let Some(t) = m["type"].as_str().and_then(typesense_type) {
+                        fields.push(json!({"name": name, "type": t, "optional": true}));
+                    }
                 }
             }
+            if fields.is_empty() {
+                fields.push(
+                    json!({"name": UNINDEXED, "type": "string", "optional": true, "index": false}),
+                );
+            }
+        }
+        TypesenseSchema::Auto => {
+            fields.push(json!({"name": ".*", "type": "auto", "optional": true}));
         }
     }
-    fields.push(json!({"name": ".*", "type": "auto", "optional": true}));
     json!({"name": index, "fields": fields, "enable_nested_fields": true})
 }
+
+/// The placeholder field of a collection whose mapping types no field.
+const UNINDEXED: &str = "_pgsync_unindexed";
 
 /// The Typesense type of an Elasticsearch field type; `None` leaves the field to auto-detection.
 fn typesense_type(es: &str) -> Option<&'static str> {
@@ -317,7 +333,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_schema_declares_mapped_fields_and_auto_detects_the_rest() {
+    fn the_schema_indexes_mapped_fields_and_auto_detects_only_in_auto_mode() {
         let body = json!({"mappings": {"properties": {
             "title": {"type": "text"}, "price": {"type": "scaled_float"},
             "n": {"type": "long"}, "when": {"type": "date"}, "a": {"properties": {}}
@@ -332,15 +348,12 @@ mod tests {
             .collect();
         assert_eq!(
             names,
-            [
-                ("n", "int64"),
-                ("price", "float"),
-                ("title", "string*"),
-                (".*", "auto")
-            ]
+            [("n", "int64"), ("price", "float"), ("title", "string*"),]
         );
         let auto = collection_schema("book", &body, TypesenseSchema::Auto);
-        assert_eq!(auto["fields"].as_array().unwrap().len(), 1);
+        assert_eq!(auto["fields"][0]["type"], "auto");
+        let none = collection_schema("book", &json!({}), TypesenseSchema::Mapping);
+        assert_eq!(none["fields"][0]["index"], false);
     }
 
     #[test]
