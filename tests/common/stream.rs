@@ -48,18 +48,28 @@ impl Stream {
         setup: &str,
     ) -> Stream {
         let Bed { mode, target } = bed.into();
+        Stream::on_target(pg, prefix, mode, setup, targets::start(target))
+    }
+
+    /// The fixture (plus `setup`) on `pg`, the daemon writing to `reader`'s server (osmem when
+    /// `None`), with dead letters in `<work dir>/dead-letters/`.
+    pub fn on_target(
+        pg: &'static Postgres,
+        prefix: &str,
+        mode: Mode,
+        setup: &str,
+        reader: Option<Box<dyn Reader>>,
+    ) -> Stream {
         let LibraryBed { pg, db, os, work } = LibraryBed::on(pg, prefix);
         if !setup.is_empty() {
             pg.psql(&db, setup);
         }
         set_capture_mode(&work, mode);
-        let reader = targets::start(target);
         if let Some(r) = &reader {
-            let dead = work.dir.path().join("dead-letters");
             work.append_toml(&format!(
                 "{}\n[dead_letter]\nstore = \"file\"\ndir = \"{}\"\n",
                 r.toml(),
-                dead.display()
+                work.dir.path().join("dead-letters").display()
             ));
         }
         Stream {

@@ -62,6 +62,8 @@ pub trait Reader: Send {
     fn normalize(&self, doc: &Value) -> Value {
         doc.clone()
     }
+    /// For tests that look into one kind of target.
+    fn as_any(&self) -> &dyn std::any::Any;
 }
 
 /// Starts the server of `target`; `None` for the search engine (the bed's osmem).
@@ -80,6 +82,10 @@ pub fn start(target: Target) -> Option<Box<dyn Reader>> {
 pub struct TypesenseReader(pub Typesense);
 
 impl Reader for TypesenseReader {
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
     fn toml(&self) -> String {
         format!(
             "[output]\nkind = \"typesense\"\nurl = \"{}\"\napi_key = \"{TYPESENSE_API_KEY}\"\n",
@@ -174,6 +180,10 @@ fn entry(item: Resp) -> (String, BTreeMap<String, String>) {
 }
 
 impl Reader for RedisReader {
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
     fn toml(&self) -> String {
         format!(
             "[output]\nkind = \"redis_stream\"\nurl = \"{}\"\n",
@@ -242,6 +252,10 @@ impl NatsReader {
 }
 
 impl Reader for NatsReader {
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
     fn toml(&self) -> String {
         format!(
             "[output]\nkind = \"nats\"\nurl = \"{}\"\n",
@@ -320,6 +334,10 @@ impl WebhookReceiver {
 }
 
 impl Reader for WebhookReceiver {
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
     fn toml(&self) -> String {
         format!(
             "[output]\nkind = \"webhook\"\nurl = \"{}\"\nsecret = \"{}\"\n",
