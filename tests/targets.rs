@@ -52,18 +52,27 @@ fn eventually(what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
-/// The dead-letter entries of `index` (the file store).
+/// The dead-letter entries of `index` now (the file store's add and remove lines, folded).
 fn dead_letters(s: &Stream, index: &str) -> Vec<Value> {
     let path = s
         .work
         .dir
         .path()
         .join(format!("dead-letters/{index}.dead-letter.ndjson"));
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("a dead-letter entry is JSON"))
-        .collect()
+    let mut entries = std::collections::BTreeMap::new();
+    for line in std::fs::read_to_string(path).unwrap_or_default().lines() {
+        let v: Value = serde_json::from_str(line).expect("a dead-letter line is JSON");
+        match v["op"].as_str() {
+            Some("add") => {
+                entries.insert(v["entry"]["doc_id"].to_string(), v["entry"].clone());
+            }
+            Some("remove") => {
+                entries.remove(&v["doc_id"].to_string());
+            }
+            _ => panic!("unknown dead-letter line {v}"),
+        }
+    }
+    entries.into_values().collect()
 }
 
 #[test]

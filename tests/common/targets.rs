@@ -238,9 +238,20 @@ impl NatsReader {
             };
             let state = s.info().await.expect("stream info").state.clone();
             let mut out = vec![];
-            for seq in state.first_sequence..=state.last_sequence {
-                let Ok(m) = s.get_raw_message(seq).await else {
-                    continue;
+            for seq in state.first_sequence..=state.last_sequence.max(1) {
+                if state.messages == 0 {
+                    break;
+                }
+                let mut tries = 0;
+                let m = loop {
+                    match s.get_raw_message(seq).await {
+                        Ok(m) => break m,
+                        Err(e) if tries < 3 => {
+                            tries += 1;
+                            eprintln!("reading message {seq} of {stream}: {e}; again");
+                        }
+                        Err(e) => panic!("cannot read message {seq} of {stream}: {e}"),
+                    }
                 };
                 let id = m.headers.get("Nats-Msg-Id").map(|v| v.as_str().to_owned());
                 let payload: Value = serde_json::from_slice(&m.payload).expect("payload is JSON");
