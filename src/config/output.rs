@@ -94,7 +94,7 @@ pub struct OutputConfig {
     pub secret: Option<Secret>,
     /// typesense, webhook, nats: seconds one request (or publish acknowledgement) may take.
     pub timeout_secs: u64,
-    /// typesense, webhook: attempts of a request that fails transiently
+    /// typesense, webhook, nats: attempts of a request (a publish) that fails transiently
     /// (429, 5xx, connection) before the pipeline restarts from its checkpoint.
     pub retries: u32,
 }

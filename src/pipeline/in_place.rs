@@ -23,7 +23,7 @@ pub async fn plan_step(
         Some(r) if !recreate && !boot.created && r.initial_sync_done => {
             if r.definition.is_some() && r.definition != definition {
                 tracing::warn!(index = %index, "the definition of index {index} changed: building it again in place (this target has no aliases to migrate behind)");
-                return build(ix, boot, true).await;
+                return build(ix, boot).await;
             }
             Ok(Step::Stream(r))
         }
@@ -31,15 +31,16 @@ pub async fn plan_step(
             record: r,
             from: AliasState::Missing,
         }),
-        _ => build(ix, boot, recreate).await,
+        _ => build(ix, boot).await,
     }
 }
 
-/// A build from scratch into the index itself.
-async fn build(ix: &Index<'_>, boot: &Boot, recreate: bool) -> Result<Step> {
+/// A build from scratch into the index itself, emptied first (a Typesense collection is
+/// re-created) so no document of an earlier build outlives its row.
+async fn build(ix: &Index<'_>, boot: &Boot) -> Result<Step> {
     let index = ix.plan.spec.index.clone();
     ix.sink
-        .ensure_index(&index, &index_body(&ix.plan), recreate)
+        .ensure_index(&index, &index_body(&ix.plan), true)
         .await?;
     let record = CheckpointRecord {
         position: boot.start,

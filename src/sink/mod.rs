@@ -192,8 +192,8 @@ impl Sink {
 
     /// Creates `index` with `body` (`{"settings": …, "mappings": …}`) when it is missing and
     /// returns true; leaves an existing index alone (false) unless `recreate`, which deletes it
-    /// first (a Typesense collection likewise). Files, discard and the event targets have no
-    /// index state and report true (fresh).
+    /// first (a Typesense collection likewise; the event targets send a `truncate` event). Files,
+    /// discard and the event targets have no index state and report true (fresh).
     pub async fn ensure_index(
         &self,
         index: &str,
@@ -203,6 +203,11 @@ impl Sink {
         match self {
             Sink::Search(s) => s.ensure_index(index, body, recreate).await,
             Sink::Typesense(s) => s.ensure_index(index, body, recreate).await,
+            // A consumer folding the events starts over from the snapshot that follows.
+            Sink::RedisStream(_) | Sink::Nats(_) | Sink::Webhook(_) if recreate => {
+                self.delete_all_documents(index).await?;
+                Ok(true)
+            }
             _ => Ok(true),
         }
     }

@@ -12,6 +12,7 @@ use super::{BulkBatch, BulkOutcome, ItemFailure};
 use crate::config::{OutputConfig, Secret};
 use crate::{Error, ErrorKind, Result};
 use async_nats::jetstream::{self, context::PublishErrorKind};
+use std::future::IntoFuture;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::OnceCell;
@@ -23,6 +24,7 @@ pub struct NatsSink {
     prefix: String,
     stream: String,
     timeout: Duration,
+    retries: u32,
     context: Arc<OnceCell<jetstream::Context>>,
 }
 
@@ -35,6 +37,9 @@ impl std::fmt::Debug for NatsSink {
 /// Duplicates are recognised for this long after a message was stored.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 
+/// How long one publish attempt waits for an acknowledgement before publishing again.
+const ACK_WAIT: Duration = Duration::from_secs(5);
+
 impl NatsSink {
     /// The server at `output.url`; connects on first use.
     pub fn new(cfg: &OutputConfig) -> Result<NatsSink> {
@@ -43,6 +48,7 @@ impl NatsSink {
             prefix: cfg.subject_prefix.clone(),
             stream: cfg.jetstream.clone(),
             timeout: cfg.timeout(),
+            retries: cfg.retries,
             context: Arc::new(OnceCell::new()),
         })
     }
@@ -107,8 +113,29 @@ impl NatsSink {
         })
     }
 
-    /// Publishes `events`; answers those JetStream refused for good (too large).
+    /// Publishes `events`; answers those JetStream refused for good (too large). Messages whose
+    /// acknowledgement does not come within [`ACK_WAIT`] are published again (their
+    /// `Nats-Msg-Id` makes JetStream store each once), up to `retries` times.
     async fn publish(&self, events: &[DocEvent]) -> Result<Vec<ItemFailure>> {
+        let mut attempt = 0;
+        loop {
+            match self.publish_once(events).await {
+                Err(e) if e.is_transient() && attempt < self.retries => {
+                    attempt += 1;
+                    tracing::warn!(
+                        attempt,
+                        "nats: publishing {} message(s) again: {}",
+                        events.len(),
+                        e.message
+                    );
+                    tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    async fn publish_once(&self, events: &[DocEvent]) -> Result<Vec<ItemFailure>> {
         let js = self.context().await?;
         let mut acks = Vec::with_capacity(events.len());
         let mut failures = Vec::new();
@@ -131,14 +158,25 @@ impl NatsSink {
                 Err(err) => return Err(self.fail(ErrorKind::SinkTransient, "publish", err)),
             }
         }
+        let wait = ACK_WAIT.min(self.timeout);
         for ack in acks {
-            ack.await.map_err(|err| {
-                self.fail(
-                    ErrorKind::SinkTransient,
-                    "get a publish acknowledgement",
-                    err,
-                )
-            })?;
+            match tokio::time::timeout(wait, ack.into_future()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(err)) => {
+                    return Err(self.fail(
+                        ErrorKind::SinkTransient,
+                        "get a publish acknowledgement",
+                        err,
+                    ))
+                }
+                Err(_) => {
+                    return Err(self.fail(
+                        ErrorKind::SinkTransient,
+                        "get a publish acknowledgement",
+                        format!("none within {wait:?}"),
+                    ))
+                }
+            }
         }
         Ok(failures)
     }
