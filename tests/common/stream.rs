@@ -251,9 +251,10 @@ pub fn await_target(
     match done {
         Ok(true) => eprintln!("{what}: documents converged in {:?}", started.elapsed()),
         Ok(false) => panic!(
-            "{what}: the target did not reach the expected documents within {timeout:?}; {} difference(s):\n  {}\n{}",
+            "{what}: the target did not reach the expected documents within {timeout:?}; {} difference(s):\n  {}\n{}\n{}",
             last.len(),
             last.join("\n  "),
+            reader.dump(),
             daemon.log_tail()
         ),
         Err(e) => panic!("{what}: {e}"),

@@ -64,6 +64,10 @@ pub trait Reader: Send {
     }
     /// For tests that look into one kind of target.
     fn as_any(&self) -> &dyn std::any::Any;
+    /// What the target holds, raw, for a failing test's message.
+    fn dump(&self) -> String {
+        String::new()
+    }
 }
 
 /// Starts the server of `target`; `None` for the search engine (the bed's osmem).
@@ -263,6 +267,13 @@ impl NatsReader {
 }
 
 impl Reader for NatsReader {
+    fn dump(&self) -> String {
+        self.messages("PGSYNC")
+            .iter()
+            .map(|(subject, id, p)| format!("{subject} {id:?} position={} _id={}\n", p["position"], p["_id"]))
+            .collect()
+    }
+
     fn as_any(&self) -> &dyn std::any::Any {
         self
     }
