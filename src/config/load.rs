@@ -8,7 +8,7 @@
 
 use super::pgsync_env::{libpq_layer, pgsync_layer};
 use super::tls::{SslMode, SSLMODES};
-use super::{CheckpointStore, Config, OutputKind, Secret};
+use super::{CheckpointStore, Config, Secret};
 use crate::{Error, Result};
 use figment::providers::{Format, Serialized, Toml};
 use figment::value::{Dict, Map, Value};
@@ -350,11 +350,8 @@ fn validate(cfg: &mut Config, fig: &Figment, warnings: &mut Vec<String>) -> Resu
     }
 
     // Output and checkpoints.
-    if cfg.output.kind == OutputKind::Ndjson && cfg.output.path.is_none() {
-        return Err(bad(
-            "output.kind",
-            "= \"ndjson\" needs output.path (the file bulk bodies are appended to)".to_owned(),
-        ));
+    if let Some((key, problem)) = cfg.output.problem() {
+        return Err(bad(key, problem));
     }
     if cfg.checkpoint.store == CheckpointStore::Redis && cfg.checkpoint.redis_url.is_none() {
         return Err(bad(

@@ -3,6 +3,7 @@
 
 mod dotenv;
 mod load;
+mod output;
 mod pgsync_env;
 mod postgres;
 mod secret;
@@ -10,6 +11,7 @@ pub mod tls;
 
 pub use dotenv::{environment, read_dotenv};
 pub use load::{load, load_with, process_env, Loaded};
+pub use output::{OutputConfig, OutputKind, TypesenseSchema};
 pub use postgres::{connect, connect_raw, describe_target, PgConnection};
 pub use secret::{mask_url, Secret};
 
@@ -285,29 +287,6 @@ impl Default for SchemaConfig {
             path: PathBuf::from("schema.json"),
         }
     }
-}
-
-/// Where bulk bodies go.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OutputKind {
-    /// The search engine in `[search]`.
-    #[default]
-    Search,
-    /// NDJSON bulk bodies appended to `output.path`.
-    Ndjson,
-    /// Dropped after being built: measures the pipeline's own ceiling.
-    Discard,
-}
-
-/// Output selection.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct OutputConfig {
-    /// `search`, `ndjson` or `discard`.
-    pub kind: OutputKind,
-    /// File for `ndjson`.
-    pub path: Option<PathBuf>,
 }
 
 /// Stage parallelism and sizes. Every channel between stages is bounded by these numbers, so

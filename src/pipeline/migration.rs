@@ -122,6 +122,9 @@ pub async fn plan_step(
     boot: &Boot,
     recreate: bool,
 ) -> Result<Step> {
+    if ix.sink.plain_indexes() {
+        return super::in_place::plan_step(ix, stored, boot, recreate).await;
+    }
     let alias = ix.plan.spec.index.as_str();
     let from = ix.sink.alias_state(alias).await?;
     let live = match &from {
@@ -396,7 +399,9 @@ pub async fn finish_build(
     from: &AliasState,
 ) -> Result<CheckpointRecord> {
     let physical = record.physical.clone().unwrap_or_default();
-    swap(ix, from, &physical, &mut record).await?;
+    if !ix.sink.plain_indexes() {
+        swap(ix, from, &physical, &mut record).await?;
+    }
     record.initial_sync_done = true;
     record.initial = None;
     ix.store.save(&ix.key, &record).await?;

@@ -10,6 +10,7 @@ pub mod completion;
 pub mod daemon;
 pub mod destination;
 pub mod fetcher;
+pub mod in_place;
 pub mod initial;
 pub mod lanes;
 pub mod messages;

@@ -292,7 +292,7 @@ impl WriterLoop {
 impl Shared {
     /// Sends one request and settles its completions once every document is accounted for.
     async fn write(&self, p: Pending) {
-        let batch = BulkBatch::new(p.body.clone(), p.ids.clone());
+        let batch = BulkBatch::new(p.body.clone(), p.ids.clone()).with_positions(p.spans.clone());
         let bytes = batch.body.len() as u64;
         let started = std::time::Instant::now();
         let sent = if batch.is_empty() {

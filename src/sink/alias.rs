@@ -104,7 +104,7 @@ impl Sink {
     pub async fn alias_state(&self, name: &str) -> Result<AliasState> {
         match self {
             Sink::Search(s) => s.alias_state(name).await,
-            Sink::Ndjson(_) | Sink::Discard => Ok(AliasState::Missing),
+            _ => Ok(AliasState::Missing),
         }
     }
 
@@ -120,7 +120,7 @@ impl Sink {
     pub async fn swap_alias(&self, alias: &str, from: &AliasState, to: &str) -> Result<()> {
         match self {
             Sink::Search(s) => s.swap_alias(alias, from, to).await,
-            Sink::Ndjson(_) | Sink::Discard => Ok(()),
+            _ => Ok(()),
         }
     }
 }

@@ -89,8 +89,8 @@ fn index_body() -> Value {
 
 impl DeadLetters {
     /// Where the dead letters of `index` are kept: the engine index or file the configuration
-    /// names (nowhere with `store = "off"`, or when the output is not a search engine and the
-    /// store is an index). Creates the index when missing and loads the known `_id`s.
+    /// names (nowhere with `store = "off"`, or when the output is a file or discard and the
+    /// store is an index; files under `dir` for the document targets). Creates the index when missing and loads the known `_id`s.
     pub async fn open(cfg: &DeadLetterConfig, sink: &Sink, index: &str) -> Result<DeadLetters> {
         Self::connect(cfg, sink, index, true).await
     }
@@ -112,8 +112,9 @@ impl DeadLetters {
                 sink: s.clone(),
                 name: cfg.index.replace("{index}", index),
             },
-            (DeadLetterStore::Index, _) => Backend::Off,
-            (DeadLetterStore::File, _) => {
+            // A document target has no index to keep them in: files, rather than losing them.
+            (DeadLetterStore::Index, s) if !s.plain_indexes() => Backend::Off,
+            (DeadLetterStore::Index | DeadLetterStore::File, _) => {
                 if create {
                     std::fs::create_dir_all(&cfg.dir).map_err(|e| {
                         Error::new(

@@ -1,5 +1,7 @@
 //! Where documents go: the search engine through the `elasticsearch` crate (right for
-//! Elasticsearch 7–9 and OpenSearch 1–3), an NDJSON file, or nowhere.
+//! Elasticsearch 7–9 and OpenSearch 1–3), an NDJSON file, nowhere, or a document target —
+//! Typesense, a Redis stream, NATS JetStream or a webhook — that reads the same bulk bodies back
+//! as document events (see [`events`]).
 //!
 //! Writers build bulk bodies with [`push_index_action`] / [`push_delete_action`] straight into a
 //! byte buffer (no per-document `serde_json::Value`), wrap them in a [`BulkBatch`] and hand it to
@@ -8,17 +10,27 @@
 mod actions;
 pub mod alias;
 pub mod dead_letter;
+pub mod events;
 mod file;
+mod http;
+mod nats;
+mod redis_stream;
 mod response;
 mod scan;
 mod search;
 mod truncate;
+mod typesense;
+mod webhook;
 
 pub use actions::{push_delete_action, push_index_action, Target};
 pub use elasticsearch::http::Method;
 pub use file::FileSink;
+pub use nats::NatsSink;
+pub use redis_stream::RedisStreamSink;
 pub use scan::{DocRef, IdScan};
 pub use search::{SearchSink, ServerInfo};
+pub use typesense::{collection_schema, TypesenseSink};
+pub use webhook::{sign as webhook_signature, WebhookSink, SIGNATURE_HEADER};
 
 use crate::config::{Config, OutputKind};
 use crate::Result;
@@ -32,6 +44,10 @@ pub struct BulkBatch {
     pub body: bytes::Bytes,
     /// The `_id` of each action, in order.
     pub ids: Vec<String>,
+    /// `(end, position)` spans: actions before `end` (and after the previous span) come from the
+    /// change stream at `position` (`None`: the initial sync). Event targets put it in each
+    /// message; the search engine ignores it.
+    pub positions: Vec<(usize, Option<u64>)>,
 }
 
 impl BulkBatch {
@@ -40,7 +56,22 @@ impl BulkBatch {
         BulkBatch {
             body: body.into(),
             ids,
+            positions: Vec::new(),
         }
+    }
+
+    /// With the stream positions of its actions (see [`BulkBatch::positions`]).
+    pub fn with_positions(mut self, positions: Vec<(usize, Option<u64>)>) -> Self {
+        self.positions = positions;
+        self
+    }
+
+    /// The stream position action `n` answers to, `None` in the initial sync.
+    pub fn position_of(&self, n: usize) -> Option<u64> {
+        self.positions
+            .iter()
+            .find(|(end, _)| n < *end)
+            .and_then(|(_, p)| *p)
     }
 
     /// Number of actions.
@@ -92,6 +123,14 @@ pub enum Sink {
     Ndjson(FileSink),
     /// Dropped: measures the pipeline's own ceiling.
     Discard,
+    /// Typesense collections.
+    Typesense(TypesenseSink),
+    /// Redis streams, one entry per document change.
+    RedisStream(RedisStreamSink),
+    /// NATS JetStream, one message per document change.
+    Nats(NatsSink),
+    /// Batched JSON POSTs of document changes.
+    Webhook(WebhookSink),
 }
 
 impl std::fmt::Debug for Sink {
@@ -100,6 +139,10 @@ impl std::fmt::Debug for Sink {
             Sink::Search(s) => write!(f, "Sink::{s:?}"),
             Sink::Ndjson(s) => write!(f, "Sink::{s:?}"),
             Sink::Discard => f.write_str("Sink::Discard"),
+            Sink::Typesense(s) => write!(f, "Sink::{s:?}"),
+            Sink::RedisStream(s) => write!(f, "Sink::{s:?}"),
+            Sink::Nats(s) => write!(f, "Sink::{s:?}"),
+            Sink::Webhook(s) => write!(f, "Sink::{s:?}"),
         }
     }
 }
@@ -118,7 +161,21 @@ impl Sink {
                 Sink::Ndjson(FileSink::open(path)?)
             }
             OutputKind::Discard => Sink::Discard,
+            OutputKind::Typesense => Sink::Typesense(TypesenseSink::new(&cfg.output)?),
+            OutputKind::RedisStream => Sink::RedisStream(RedisStreamSink::new(&cfg.output)?),
+            OutputKind::Nats => Sink::Nats(NatsSink::new(&cfg.output)?),
+            OutputKind::Webhook => Sink::Webhook(WebhookSink::new(&cfg.output)?),
         })
+    }
+
+    /// Whether the target keeps documents under the index name itself: Typesense and the event
+    /// targets have no aliases, so no physical `<index>-<n>` is built and swapped in (aliases
+    /// and migrations are Elasticsearch/OpenSearch's); a changed definition is rebuilt in place.
+    pub fn plain_indexes(&self) -> bool {
+        matches!(
+            self,
+            Sink::Typesense(_) | Sink::RedisStream(_) | Sink::Nats(_) | Sink::Webhook(_)
+        )
     }
 
     /// Verifies the destination is usable before any work starts: `GET /` on the engine (an
@@ -126,7 +183,10 @@ impl Sink {
     pub async fn check(&self) -> Result<()> {
         match self {
             Sink::Search(s) => s.check().await,
-            Sink::Ndjson(_) | Sink::Discard => Ok(()),
+            Sink::Typesense(s) => s.check().await,
+            Sink::RedisStream(s) => s.check().await,
+            Sink::Nats(s) => s.check().await,
+            Sink::Ndjson(_) | Sink::Discard | Sink::Webhook(_) => Ok(()),
         }
     }
 
@@ -141,7 +201,8 @@ impl Sink {
 
     /// Creates `index` with `body` (`{"settings": …, "mappings": …}`) when it is missing and
     /// returns true; leaves an existing index alone (false) unless `recreate`, which deletes it
-    /// first. Files and discard have no index state and report true (fresh).
+    /// first (a Typesense collection likewise; the event targets send a `truncate` event). Files,
+    /// discard and the event targets have no index state and report true (fresh).
     pub async fn ensure_index(
         &self,
         index: &str,
@@ -150,7 +211,13 @@ impl Sink {
     ) -> Result<bool> {
         match self {
             Sink::Search(s) => s.ensure_index(index, body, recreate).await,
-            Sink::Ndjson(_) | Sink::Discard => Ok(true),
+            Sink::Typesense(s) => s.ensure_index(index, body, recreate).await,
+            // A consumer folding the events starts over from the snapshot that follows.
+            Sink::RedisStream(_) | Sink::Nats(_) | Sink::Webhook(_) if recreate => {
+                self.delete_all_documents(index).await?;
+                Ok(true)
+            }
+            _ => Ok(true),
         }
     }
 
@@ -159,7 +226,7 @@ impl Sink {
     pub async fn index_uuid(&self, index: &str) -> Result<Option<String>> {
         match self {
             Sink::Search(s) => s.index_uuid(index).await,
-            Sink::Ndjson(_) | Sink::Discard => Ok(None),
+            _ => Ok(None),
         }
     }
 
@@ -168,6 +235,10 @@ impl Sink {
         match self {
             Sink::Search(s) => s.bulk(batch).await,
             Sink::Ndjson(f) => f.bulk(batch).await,
+            Sink::Typesense(s) => s.bulk(batch).await,
+            Sink::RedisStream(s) => s.bulk(batch).await,
+            Sink::Nats(s) => s.bulk(batch).await,
+            Sink::Webhook(s) => s.bulk(batch).await,
             Sink::Discard => Ok(BulkOutcome {
                 succeeded: batch.len(),
                 ..BulkOutcome::default()
@@ -180,14 +251,19 @@ impl Sink {
         match self {
             Sink::Search(s) => s.refresh(index).await,
             Sink::Ndjson(f) => f.flush().await,
-            Sink::Discard => Ok(()),
+            _ => Ok(()),
         }
     }
 
-    /// Deletes every document of `index` (root table truncated).
+    /// Deletes every document of `index` (root table truncated); event targets send a
+    /// `truncate` event.
     pub async fn delete_all_documents(&self, index: &str) -> Result<()> {
         match self {
             Sink::Search(s) => s.delete_all_documents(index).await,
+            Sink::Typesense(s) => s.delete_all_documents(index).await,
+            Sink::RedisStream(s) => s.delete_all_documents(index).await,
+            Sink::Nats(s) => s.delete_all_documents(index).await,
+            Sink::Webhook(s) => s.delete_all_documents(index).await,
             Sink::Ndjson(_) | Sink::Discard => Ok(()),
         }
     }
@@ -197,15 +273,18 @@ impl Sink {
     pub async fn scan_ids(&self, index: &str, page: usize) -> Result<Option<IdScan>> {
         match self {
             Sink::Search(s) => s.scan_ids(index, page).await.map(Some),
-            Sink::Ndjson(_) | Sink::Discard => Ok(None),
+            _ => Ok(None),
         }
     }
 
-    /// Deletes `index` (`pgsync --teardown`); a missing index is not an error.
+    /// Deletes `index` (`pgsync --teardown`; a Redis stream is deleted, NATS and webhook
+    /// messages stay with their consumers); a missing index is not an error.
     pub async fn delete_index(&self, index: &str) -> Result<()> {
         match self {
             Sink::Search(s) => s.delete_index(index).await,
-            Sink::Ndjson(_) | Sink::Discard => Ok(()),
+            Sink::Typesense(s) => s.delete_index(index).await,
+            Sink::RedisStream(s) => s.delete_index(index).await,
+            _ => Ok(()),
         }
     }
 }

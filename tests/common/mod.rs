@@ -7,6 +7,7 @@
 
 pub mod daemon;
 pub mod stream;
+pub mod targets;
 pub mod workload;
 
 use crate::harness::{unique_db_name, Postgres};

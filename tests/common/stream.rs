@@ -7,7 +7,8 @@ use super::daemon::{
     active_slots, await_documents, drop_database_and_slots, parse_lsn, poll, set_capture_mode,
     Daemon, IndexDocs, Mode,
 };
-use super::{expected_documents, LibraryBed, Workdir};
+use super::targets::{self, Bed, Reader};
+use super::{expected_documents, json_diff, LibraryBed, Workdir};
 use crate::harness::{Osmem, Postgres};
 use std::time::{Duration, Instant};
 
@@ -29,21 +30,48 @@ pub struct Stream {
     pub work: Workdir,
     pub mode: Mode,
     pub daemon: Option<Daemon>,
+    /// The target the daemon writes to, when it is not `os`.
+    pub reader: Option<Box<dyn Reader>>,
 }
 
 impl Stream {
     /// The fixture, plus `setup` run on it before anything else.
-    pub fn with_setup(prefix: &str, mode: Mode, setup: &str) -> Stream {
-        Stream::with_setup_on(crate::harness::shared_postgres(), prefix, mode, setup)
+    pub fn with_setup(prefix: &str, bed: impl Into<Bed>, setup: &str) -> Stream {
+        Stream::with_setup_on(crate::harness::shared_postgres(), prefix, bed, setup)
     }
 
     /// The same on another server (a private one, for tests that restart it).
-    pub fn with_setup_on(pg: &'static Postgres, prefix: &str, mode: Mode, setup: &str) -> Stream {
+    pub fn with_setup_on(
+        pg: &'static Postgres,
+        prefix: &str,
+        bed: impl Into<Bed>,
+        setup: &str,
+    ) -> Stream {
+        let Bed { mode, target } = bed.into();
+        Stream::on_target(pg, prefix, mode, setup, targets::start(target))
+    }
+
+    /// The fixture (plus `setup`) on `pg`, the daemon writing to `reader`'s server (osmem when
+    /// `None`), with dead letters in `<work dir>/dead-letters/`.
+    pub fn on_target(
+        pg: &'static Postgres,
+        prefix: &str,
+        mode: Mode,
+        setup: &str,
+        reader: Option<Box<dyn Reader>>,
+    ) -> Stream {
         let LibraryBed { pg, db, os, work } = LibraryBed::on(pg, prefix);
         if !setup.is_empty() {
             pg.psql(&db, setup);
         }
         set_capture_mode(&work, mode);
+        if let Some(r) = &reader {
+            work.append_toml(&format!(
+                "{}\n[dead_letter]\nstore = \"file\"\ndir = \"{}\"\n",
+                r.toml(),
+                work.dir.path().join("dead-letters").display()
+            ));
+        }
         Stream {
             pg,
             db,
@@ -51,12 +79,13 @@ impl Stream {
             work,
             mode,
             daemon: None,
+            reader,
         }
     }
 
     /// The fixture with the daemon streaming and the expected initial documents indexed.
-    pub fn started(prefix: &str, mode: Mode) -> Stream {
-        let mut s = Stream::with_setup(prefix, mode, "");
+    pub fn started(prefix: &str, bed: impl Into<Bed>) -> Stream {
+        let mut s = Stream::with_setup(prefix, bed, "");
         s.start_daemon();
         s.expect(&expected_documents(), "initial sync");
         s
@@ -108,9 +137,16 @@ impl Stream {
 
     /// Waits until the index holds exactly `expected`.
     pub fn expect(&mut self, expected: &IndexDocs, what: &str) {
-        let os = &self.os;
+        self.await_documents(expected, CHANGE_TIMEOUT, what);
+    }
+
+    /// Waits until the target (osmem unless another was chosen) holds exactly `expected`.
+    fn await_documents(&mut self, expected: &IndexDocs, timeout: Duration, what: &str) {
         let d = self.daemon.as_mut().expect("the daemon is running");
-        await_documents(os, d, expected, CHANGE_TIMEOUT, what);
+        match &self.reader {
+            None => await_documents(&self.os, d, expected, timeout, what),
+            Some(r) => await_target(r.as_ref(), d, expected, timeout, what),
+        }
     }
 
     /// Runs `sql`, then waits until the index holds exactly `expected`.
@@ -137,9 +173,7 @@ impl Stream {
             !fresh["book"].is_empty() && !fresh["edition"].is_empty(),
             "{what}: the workload left an empty index, which proves little; change the workload"
         );
-        let os = &self.os;
-        let d = self.daemon.as_mut().expect("the daemon is running");
-        await_documents(os, d, &fresh, CATCH_UP_TIMEOUT, what);
+        self.await_documents(&fresh, CATCH_UP_TIMEOUT, what);
     }
 
     /// Slot name and checkpoint of every index, from `pgsync status`.
@@ -175,5 +209,54 @@ impl Drop for Stream {
             d.kill();
         }
         drop_database_and_slots(self.pg, &self.db);
+    }
+}
+
+/// Every difference between what `reader` holds for the indices of `expected` and `expected`.
+pub fn target_differences(reader: &dyn Reader, expected: &IndexDocs) -> Vec<String> {
+    let mut out = vec![];
+    for (index, want) in expected {
+        let found = reader.documents(index).unwrap_or_default();
+        for (id, exp) in want {
+            let exp = reader.normalize(exp);
+            match found.get(id) {
+                Some(doc) => json_diff(&format!("{index}/{id}"), doc, &exp, &mut out),
+                None => out.push(format!("{index}/{id}: missing document; expected {exp}")),
+            }
+        }
+        for (id, doc) in &found {
+            if !want.contains_key(id) {
+                out.push(format!("{index}/{id}: unexpected document {doc}"));
+            }
+        }
+    }
+    out
+}
+
+/// Waits until `reader` holds exactly `expected`, checking that `daemon` keeps running.
+pub fn await_target(
+    reader: &dyn Reader,
+    daemon: &mut Daemon,
+    expected: &IndexDocs,
+    timeout: Duration,
+    what: &str,
+) {
+    let started = Instant::now();
+    let mut last = vec![];
+    let done = poll(timeout, || {
+        daemon.check_alive()?;
+        last = target_differences(reader, expected);
+        Ok(last.is_empty())
+    });
+    match done {
+        Ok(true) => eprintln!("{what}: documents converged in {:?}", started.elapsed()),
+        Ok(false) => panic!(
+            "{what}: the target did not reach the expected documents within {timeout:?}; {} difference(s):\n  {}\n{}\n{}",
+            last.len(),
+            last.join("\n  "),
+            reader.dump(),
+            daemon.log_tail()
+        ),
+        Err(e) => panic!("{what}: {e}"),
     }
 }

@@ -1,5 +1,5 @@
-//! Test harness: real throwaway PostgreSQL, Redis and osmem-server
-//! (in-memory OpenSearch) processes on free loopback ports, so integration
+//! Test harness: real throwaway PostgreSQL, Redis, osmem-server
+//! (in-memory OpenSearch), Typesense and NATS (JetStream) processes on free loopback ports, so integration
 //! tests need nothing beyond `scripts/install-deps.sh`.
 //!
 //! Use from an integration test with `mod harness;`. Every service is
@@ -12,12 +12,15 @@
 //! `flavor = "multi_thread"` when code under test runs on the same runtime.
 #![allow(dead_code, unused_imports)]
 
+mod nats;
 mod osmem;
 mod postgres;
 mod process;
 mod redis;
 mod tls;
+mod typesense;
 
+pub use nats::Nats;
 pub use osmem::{http_request, osmem_bin, Osmem};
 pub use postgres::{
     pg_bin_dir, quote_ident, shared_postgres, unique_db_name, Postgres, PostgresOptions, ServerSsl,
@@ -25,6 +28,7 @@ pub use postgres::{
 pub use process::{free_port, Watchdog};
 pub use redis::{redis_cmd, redis_cmd_as, Redis, Resp};
 pub use tls::{CertFiles, TestCa};
+pub use typesense::{Typesense, TYPESENSE_API_KEY};
 
 use std::future::Future;
 use std::path::PathBuf;
