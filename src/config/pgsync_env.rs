@@ -86,6 +86,11 @@ const DIRECT: &[(&str, &str, &str, Kind)] = &[
         Kind::Bool,
     ),
     ("ELASTICSEARCH_CA_CERTS", "search", "ca_cert", Kind::Text),
+    ("ELASTICSEARCH_CLOUD_ID", "search", "cloud_id", Kind::Text),
+    ("ELASTICSEARCH_BEARER_AUTH", "search", "bearer_token", Kind::Text),
+    ("ELASTICSEARCH_CLIENT_CERT", "search", "client_cert", Kind::Text),
+    ("ELASTICSEARCH_CLIENT_KEY", "search", "client_key", Kind::Text),
+    ("ELASTICSEARCH_AWS_REGION", "search", "aws_region", Kind::Text),
     (
         "POLL_INTERVAL",
         "capture",
@@ -145,14 +150,6 @@ const NO_EFFECT: &[(&str, Option<bool>, &str)] = &[
 const NOT_YET: &[(&str, Option<bool>)] = &[
     ("SCHEMA_URL", None),
     ("S3_SCHEMA_URL", None),
-    ("ELASTICSEARCH_AWS_HOSTED", Some(false)),
-    ("ELASTICSEARCH_AWS_REGION", None),
-    ("OPENSEARCH_AWS_HOSTED", Some(false)),
-    ("OPENSEARCH_AWS_SERVERLESS", Some(false)),
-    ("ELASTICSEARCH_CLOUD_ID", None),
-    ("ELASTICSEARCH_BEARER_AUTH", None),
-    ("ELASTICSEARCH_CLIENT_CERT", None),
-    ("ELASTICSEARCH_CLIENT_KEY", None),
     ("ELASTICSEARCH_SSL_ASSERT_FINGERPRINT", None),
     ("PG_URL_RO", None),
     ("PG_HOST_RO", None),
@@ -202,6 +199,7 @@ pub(super) fn pgsync_layer(env: &Env) -> Result<(EnvLayer, Unused)> {
     postgres(env, &mut l, &mut unused);
     search_url(env, &mut l)?;
     search_auth(env, &mut l, &mut unused)?;
+    aws(env, &mut l)?;
     engine(env, &mut l)?;
     redis(env, &mut l, &mut unused)?;
     capture(env, &mut l)?;
@@ -422,6 +420,26 @@ fn search_auth(env: &Env, l: &mut EnvLayer, unused: &mut Unused) -> Result<()> {
             !verify,
             "ELASTICSEARCH_VERIFY_CERTS",
         );
+    }
+    Ok(())
+}
+
+/// ELASTICSEARCH_AWS_HOSTED / OPENSEARCH_AWS_HOSTED sign requests for `es`;
+/// OPENSEARCH_AWS_SERVERLESS for `aoss` (in PGSync it refines OPENSEARCH_AWS_HOSTED; alone it can
+/// only mean the same).
+fn aws(env: &Env, l: &mut EnvLayer) -> Result<()> {
+    let flag = |n: &str| -> Result<bool> {
+        env.get(n)
+            .map(|v| parse_bool(n, v))
+            .transpose()
+            .map(|b| b.unwrap_or(false))
+    };
+    if flag("OPENSEARCH_AWS_SERVERLESS")? {
+        l.set("search", "aws_service", "aoss", "OPENSEARCH_AWS_SERVERLESS");
+    } else if flag("OPENSEARCH_AWS_HOSTED")? {
+        l.set("search", "aws_service", "es", "OPENSEARCH_AWS_HOSTED");
+    } else if flag("ELASTICSEARCH_AWS_HOSTED")? {
+        l.set("search", "aws_service", "es", "ELASTICSEARCH_AWS_HOSTED");
     }
     Ok(())
 }
@@ -682,9 +700,9 @@ mod tests {
         ("ELASTICSEARCH_BEARER_AUTH", "token"),
         ("ELASTICSEARCH_CA_CERTS", "/ca.pem"),
         ("ELASTICSEARCH_CHUNK_SIZE", "77"),
-        ("ELASTICSEARCH_CLIENT_CERT", "/c.pem"),
-        ("ELASTICSEARCH_CLIENT_KEY", "/k.pem"),
-        ("ELASTICSEARCH_CLOUD_ID", "cloud:abc"),
+        ("ELASTICSEARCH_CLIENT_CERT", "@rootcert"),
+        ("ELASTICSEARCH_CLIENT_KEY", "@rootcert"),
+        ("ELASTICSEARCH_CLOUD_ID", "d:aG9zdC5leGFtcGxlJHV1aWQk"),
         ("ELASTICSEARCH_HOST", "es"),
         ("ELASTICSEARCH_HTTP_AUTH", "user,pw"),
         ("ELASTICSEARCH_HTTP_COMPRESS", "true"),

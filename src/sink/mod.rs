@@ -7,11 +7,13 @@
 
 mod actions;
 pub mod alias;
+pub mod aws;
 pub mod dead_letter;
 mod file;
 mod response;
 mod scan;
 mod search;
+mod transport;
 mod truncate;
 
 pub use actions::{push_delete_action, push_index_action, Target};
