@@ -51,6 +51,18 @@ pub struct Config {
     pub migration: MigrationConfig,
 }
 
+impl Config {
+    /// The configuration for connecting to the read replica (`postgres.read_replica_url` as the
+    /// connection URL, everything else the same), when one is configured.
+    pub fn read_replica(&self) -> Option<Config> {
+        let url = self.postgres.read_replica_url.clone()?;
+        let mut c = self.clone();
+        c.postgres.url = Some(url);
+        c.postgres.read_replica_url = None;
+        Some(c)
+    }
+}
+
 /// Changing the schema: a new physical index is built beside the live one and the alias swapped.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -173,6 +185,11 @@ pub struct PostgresConfig {
     pub connect_timeout_secs: u64,
     /// `work_mem` of every session (e.g. `16MB`), PGSync's PG_WORK_MEM; the server's when unset.
     pub work_mem: Option<String>,
+    /// A streaming replica of the same server (`postgres://...`, PGSync's PG_URL_RO or
+    /// PG_*_RO): documents are built there, each fetch first waiting until the replica has
+    /// replayed the changes it serves. Change capture and everything that writes stay on the
+    /// primary.
+    pub read_replica_url: Option<Secret>,
 }
 
 impl Default for PostgresConfig {
@@ -188,6 +205,7 @@ impl Default for PostgresConfig {
             sslcert: None,
             sslkey: None,
             connect_timeout_secs: 10,
+            read_replica_url: None,
             work_mem: None,
         }
     }

@@ -151,13 +151,6 @@ const NOT_YET: &[(&str, Option<bool>)] = &[
     ("SCHEMA_URL", None),
     ("S3_SCHEMA_URL", None),
     ("ELASTICSEARCH_SSL_ASSERT_FINGERPRINT", None),
-    ("PG_URL_RO", None),
-    ("PG_HOST_RO", None),
-    ("PG_PORT_RO", None),
-    ("PG_USER_RO", None),
-    ("PG_PASSWORD_RO", None),
-    ("PG_SSLMODE_RO", None),
-    ("PG_SSLROOTCERT_RO", None),
 ];
 
 /// What the variables said that has no effect, gathered for the one warning.
@@ -197,6 +190,7 @@ pub(super) fn pgsync_layer(env: &Env) -> Result<(EnvLayer, Unused)> {
         }
     }
     postgres(env, &mut l, &mut unused);
+    read_replica(env, &mut l)?;
     search_url(env, &mut l)?;
     search_auth(env, &mut l, &mut unused)?;
     aws(env, &mut l)?;
@@ -322,6 +316,63 @@ fn postgres(env: &Env, l: &mut EnvLayer, unused: &mut Unused) {
             (None, _) => {}
         }
     }
+}
+
+/// PG_URL_RO, else a URL of PG_HOST_RO/PG_PORT_RO/PG_USER_RO/PG_PASSWORD_RO/PG_SSLMODE_RO/
+/// PG_SSLROOTCERT_RO, each falling back to the primary's variable.
+fn read_replica(env: &Env, l: &mut EnvLayer) -> Result<()> {
+    const PARTS: [&str; 6] = [
+        "PG_HOST_RO",
+        "PG_PORT_RO",
+        "PG_USER_RO",
+        "PG_PASSWORD_RO",
+        "PG_SSLMODE_RO",
+        "PG_SSLROOTCERT_RO",
+    ];
+    if let Some(url) = env.get("PG_URL_RO") {
+        l.set("postgres", "read_replica_url", url.as_str(), "PG_URL_RO");
+        return Ok(());
+    }
+    if !PARTS.iter().any(|v| env.contains_key(*v)) {
+        return Ok(());
+    }
+    let get = |ro: &str| {
+        env.get(ro)
+            .or_else(|| env.get(ro.trim_end_matches("_RO")))
+            .map(String::as_str)
+    };
+    let port = match get("PG_PORT_RO") {
+        Some(p) => parse_port("PG_PORT_RO", p)?,
+        None => 5432,
+    };
+    let user = userinfo(get("PG_USER_RO").unwrap_or("postgres"));
+    let pass = get("PG_PASSWORD_RO")
+        .map(|p| format!(":{}", userinfo(p)))
+        .unwrap_or_default();
+    let host = get("PG_HOST_RO").unwrap_or("localhost");
+    let host = if host.starts_with('/') {
+        userinfo(host)
+    } else {
+        bracket_ipv6(host)
+    };
+    let mut params = vec![];
+    for (var, key) in [("PG_SSLMODE_RO", "sslmode"), ("PG_SSLROOTCERT_RO", "sslrootcert")] {
+        if let Some(v) = get(var) {
+            params.push(format!("{key}={}", userinfo(v)));
+        }
+    }
+    let query = if params.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", params.join("&"))
+    };
+    l.set(
+        "postgres",
+        "read_replica_url",
+        format!("postgres://{user}{pass}@{host}:{port}/{query}"),
+        "PG_HOST_RO/PG_PORT_RO/PG_USER_RO/PG_PASSWORD_RO/PG_SSLMODE_RO/PG_SSLROOTCERT_RO",
+    );
+    Ok(())
 }
 
 /// ELASTICSEARCH_URL, else ELASTICSEARCH_SCHEME/HOST/PORT with PGSync's defaults (https when

@@ -633,8 +633,11 @@ impl SearchSink {
             ),
         );
         match a.status {
+            401 | 403 if matches!(self.inner.auth, Auth::Aws(_)) => e.with_hint(
+                "requests are signed with AWS SigV4: check the AWS credentials the process gets, search.aws_region (ELASTICSEARCH_AWS_REGION), search.aws_service (es or aoss) and the domain's access policy",
+            ),
             401 | 403 => e.with_hint(
-                "check search.username/search.password or search.api_key (ELASTICSEARCH_USER, ELASTICSEARCH_PASSWORD, ELASTICSEARCH_API_KEY)",
+                "check search.username/search.password, search.api_key or search.bearer_token (ELASTICSEARCH_USER, ELASTICSEARCH_PASSWORD, ELASTICSEARCH_API_KEY, ELASTICSEARCH_BEARER_AUTH)",
             ),
             _ => e,
         }
