@@ -298,39 +298,7 @@ fn validate(cfg: &mut Config, fig: &Figment, warnings: &mut Vec<String>) -> Resu
 
     validate_postgres(cfg, fig)?;
 
-    // Search engine.
-    let mut url = url::Url::parse(cfg.search.url.trim()).map_err(|e| {
-        bad(
-            "search.url",
-            format!(
-                "= {:?} is not a valid URL: {e}",
-                super::secret::mask_url(&cfg.search.url)
-            ),
-        )
-    })?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err(bad(
-            "search.url",
-            format!(
-                "= {:?} must start with http:// or https://",
-                super::secret::mask_url(&cfg.search.url)
-            ),
-        ));
-    }
-    if !url.username().is_empty() || url.password().is_some() {
-        if cfg.search.username.is_none() && cfg.search.password.is_none() {
-            cfg.search.username = Some(percent_decode(url.username()));
-            cfg.search.password = url.password().map(|p| Secret::new(percent_decode(p)));
-        } else {
-            warnings.push(format!(
-                "{} contains credentials; they are ignored because search.username/search.password are set",
-                origin(fig, "search.url")
-            ));
-        }
-        let _ = url.set_username("");
-        let _ = url.set_password(None);
-        cfg.search.url = url.to_string();
-    }
+    validate_search(cfg, fig, warnings)?;
     if cfg.search.password.as_ref().is_some_and(Secret::is_empty) {
         cfg.search.password = None;
     }
@@ -403,6 +371,56 @@ fn validate(cfg: &mut Config, fig: &Figment, warnings: &mut Vec<String>) -> Resu
         ));
     }
     Ok(())
+}
+
+/// The search URL (each node of a comma-separated list): http(s), credentials moved out.
+fn validate_search(cfg: &mut Config, fig: &Figment, warnings: &mut Vec<String>) -> Result<()> {
+    let bad = |key: &str, what: String| Error::config(format!("{} {what}", origin(fig, key)));
+    let mut nodes = vec![];
+    for part in cfg.search.url.split(',').map(str::trim) {
+        if part.is_empty() && cfg.search.url.contains(',') {
+            continue;
+        }
+        let mut url = url::Url::parse(part).map_err(|e| {
+            bad(
+                "search.url",
+                format!(
+                    "= {:?} is not a valid URL: {e}",
+                    super::secret::mask_url(&cfg.search.url)
+                ),
+            )
+        })?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(bad(
+                "search.url",
+                format!(
+                    "= {:?} must start with http:// or https://",
+                    super::secret::mask_url(&cfg.search.url)
+                ),
+            ));
+        }
+        let had_credentials = !url.username().is_empty() || url.password().is_some();
+        if had_credentials {
+            if cfg.search.username.is_none() && cfg.search.password.is_none() {
+                cfg.search.username = Some(percent_decode(url.username()));
+                cfg.search.password = url.password().map(|p| Secret::new(percent_decode(p)));
+            } else {
+                warnings.push(format!(
+                    "{} contains credentials; they are ignored because search.username/search.password are set",
+                    origin(fig, "search.url")
+                ));
+            }
+            let _ = url.set_username("");
+            let _ = url.set_password(None);
+        }
+        nodes.push(if had_credentials {
+            url.to_string()
+        } else {
+            part.to_owned()
+        });
+    }
+    cfg.search.url = nodes.join(",");
+    super::search_auth::validate(&mut cfg.search, warnings)
 }
 
 /// PostgreSQL: the URL parses, sslmode is one of libpq's, named TLS files exist (errors name

@@ -1,11 +1,13 @@
 //! Runtime configuration (`pgsync.toml`), loaded with figment from defaults, the file, PGSync's own
 //! environment variables and `PGSYNC_SECTION__KEY` overrides, in that order.
 
+pub mod cloud_id;
 mod dotenv;
 mod load;
 mod output;
 mod pgsync_env;
 mod postgres;
+mod search_auth;
 mod secret;
 pub mod tls;
 
@@ -13,6 +15,7 @@ pub use dotenv::{environment, read_dotenv};
 pub use load::{load, load_with, process_env, Loaded};
 pub use output::{OutputConfig, OutputKind, TypesenseSchema};
 pub use postgres::{connect, connect_raw, describe_target, PgConnection};
+pub use search_auth::AWS_SERVICES;
 pub use secret::{mask_url, Secret};
 
 use serde::{Deserialize, Serialize};
@@ -77,6 +80,18 @@ impl Default for MetricsConfig {
             heartbeat_secs: 5,
             poll_secs: 2,
         }
+    }
+}
+
+impl Config {
+    /// The configuration for connecting to the read replica (`postgres.read_replica_url` as the
+    /// connection URL, everything else the same), when one is configured.
+    pub fn read_replica(&self) -> Option<Config> {
+        let url = self.postgres.read_replica_url.clone()?;
+        let mut c = self.clone();
+        c.postgres.url = Some(url);
+        c.postgres.read_replica_url = None;
+        Some(c)
     }
 }
 
@@ -202,6 +217,11 @@ pub struct PostgresConfig {
     pub connect_timeout_secs: u64,
     /// `work_mem` of every session (e.g. `16MB`), PGSync's PG_WORK_MEM; the server's when unset.
     pub work_mem: Option<String>,
+    /// A streaming replica of the same server (`postgres://...`, PGSync's PG_URL_RO or
+    /// PG_*_RO): documents are built there, each fetch first waiting until the replica has
+    /// replayed the changes it serves. Change capture and everything that writes stay on the
+    /// primary.
+    pub read_replica_url: Option<Secret>,
 }
 
 impl Default for PostgresConfig {
@@ -217,6 +237,7 @@ impl Default for PostgresConfig {
             sslcert: None,
             sslkey: None,
             connect_timeout_secs: 10,
+            read_replica_url: None,
             work_mem: None,
         }
     }
@@ -237,7 +258,9 @@ pub enum Engine {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SearchConfig {
-    /// Base URL, e.g. `http://localhost:9200`.
+    /// Base URL, e.g. `http://localhost:9200`; several nodes of one cluster comma-separated
+    /// (`https://a:9200,https://b:9200`): requests go round-robin and fail over to the next node
+    /// when one cannot be reached.
     pub url: String,
     /// Engine family.
     pub engine: Engine,
@@ -255,6 +278,22 @@ pub struct SearchConfig {
     pub timeout_secs: u64,
     /// Gzip request bodies (`Content-Encoding: gzip`); PGSync's ELASTICSEARCH_HTTP_COMPRESS.
     pub http_compress: bool,
+    /// Elastic Cloud deployment id (`name:base64`); replaces `url` with the deployment's
+    /// Elasticsearch endpoint. PGSync's ELASTICSEARCH_CLOUD_ID.
+    pub cloud_id: Option<String>,
+    /// Bearer token sent as `Authorization: Bearer ...` (OAuth2/JWT realms, service accounts);
+    /// never printed. PGSync's ELASTICSEARCH_BEARER_AUTH.
+    pub bearer_token: Option<Secret>,
+    /// PEM client certificate for mutual TLS (with `client_key`).
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key of `client_cert`.
+    pub client_key: Option<PathBuf>,
+    /// Sign every request with AWS SigV4 for this service: `es` (Amazon OpenSearch Service and
+    /// Elasticsearch domains) or `aoss` (OpenSearch Serverless). Credentials come from the
+    /// standard AWS chain and are refreshed before they expire.
+    pub aws_service: Option<String>,
+    /// AWS region of the domain (else AWS_REGION / AWS_DEFAULT_REGION).
+    pub aws_region: Option<String>,
 }
 
 impl Default for SearchConfig {
@@ -269,6 +308,12 @@ impl Default for SearchConfig {
             insecure_skip_verify: false,
             timeout_secs: 60,
             http_compress: false,
+            cloud_id: None,
+            bearer_token: None,
+            client_cert: None,
+            client_key: None,
+            aws_service: None,
+            aws_region: None,
         }
     }
 }

@@ -86,6 +86,11 @@ const DIRECT: &[(&str, &str, &str, Kind)] = &[
         Kind::Bool,
     ),
     ("ELASTICSEARCH_CA_CERTS", "search", "ca_cert", Kind::Text),
+    ("ELASTICSEARCH_CLOUD_ID", "search", "cloud_id", Kind::Text),
+    ("ELASTICSEARCH_BEARER_AUTH", "search", "bearer_token", Kind::Text),
+    ("ELASTICSEARCH_CLIENT_CERT", "search", "client_cert", Kind::Text),
+    ("ELASTICSEARCH_CLIENT_KEY", "search", "client_key", Kind::Text),
+    ("ELASTICSEARCH_AWS_REGION", "search", "aws_region", Kind::Text),
     (
         "POLL_INTERVAL",
         "capture",
@@ -145,22 +150,7 @@ const NO_EFFECT: &[(&str, Option<bool>, &str)] = &[
 const NOT_YET: &[(&str, Option<bool>)] = &[
     ("SCHEMA_URL", None),
     ("S3_SCHEMA_URL", None),
-    ("ELASTICSEARCH_AWS_HOSTED", Some(false)),
-    ("ELASTICSEARCH_AWS_REGION", None),
-    ("OPENSEARCH_AWS_HOSTED", Some(false)),
-    ("OPENSEARCH_AWS_SERVERLESS", Some(false)),
-    ("ELASTICSEARCH_CLOUD_ID", None),
-    ("ELASTICSEARCH_BEARER_AUTH", None),
-    ("ELASTICSEARCH_CLIENT_CERT", None),
-    ("ELASTICSEARCH_CLIENT_KEY", None),
     ("ELASTICSEARCH_SSL_ASSERT_FINGERPRINT", None),
-    ("PG_URL_RO", None),
-    ("PG_HOST_RO", None),
-    ("PG_PORT_RO", None),
-    ("PG_USER_RO", None),
-    ("PG_PASSWORD_RO", None),
-    ("PG_SSLMODE_RO", None),
-    ("PG_SSLROOTCERT_RO", None),
 ];
 
 /// What the variables said that has no effect, gathered for the one warning.
@@ -200,8 +190,10 @@ pub(super) fn pgsync_layer(env: &Env) -> Result<(EnvLayer, Unused)> {
         }
     }
     postgres(env, &mut l, &mut unused);
+    read_replica(env, &mut l)?;
     search_url(env, &mut l)?;
     search_auth(env, &mut l, &mut unused)?;
+    aws(env, &mut l)?;
     engine(env, &mut l)?;
     redis(env, &mut l, &mut unused)?;
     capture(env, &mut l)?;
@@ -326,6 +318,63 @@ fn postgres(env: &Env, l: &mut EnvLayer, unused: &mut Unused) {
     }
 }
 
+/// PG_URL_RO, else a URL of PG_HOST_RO/PG_PORT_RO/PG_USER_RO/PG_PASSWORD_RO/PG_SSLMODE_RO/
+/// PG_SSLROOTCERT_RO, each falling back to the primary's variable.
+fn read_replica(env: &Env, l: &mut EnvLayer) -> Result<()> {
+    const PARTS: [&str; 6] = [
+        "PG_HOST_RO",
+        "PG_PORT_RO",
+        "PG_USER_RO",
+        "PG_PASSWORD_RO",
+        "PG_SSLMODE_RO",
+        "PG_SSLROOTCERT_RO",
+    ];
+    if let Some(url) = env.get("PG_URL_RO") {
+        l.set("postgres", "read_replica_url", url.as_str(), "PG_URL_RO");
+        return Ok(());
+    }
+    if !PARTS.iter().any(|v| env.contains_key(*v)) {
+        return Ok(());
+    }
+    let get = |ro: &str| {
+        env.get(ro)
+            .or_else(|| env.get(ro.trim_end_matches("_RO")))
+            .map(String::as_str)
+    };
+    let port = match get("PG_PORT_RO") {
+        Some(p) => parse_port("PG_PORT_RO", p)?,
+        None => 5432,
+    };
+    let user = userinfo(get("PG_USER_RO").unwrap_or("postgres"));
+    let pass = get("PG_PASSWORD_RO")
+        .map(|p| format!(":{}", userinfo(p)))
+        .unwrap_or_default();
+    let host = get("PG_HOST_RO").unwrap_or("localhost");
+    let host = if host.starts_with('/') {
+        userinfo(host)
+    } else {
+        bracket_ipv6(host)
+    };
+    let mut params = vec![];
+    for (var, key) in [("PG_SSLMODE_RO", "sslmode"), ("PG_SSLROOTCERT_RO", "sslrootcert")] {
+        if let Some(v) = get(var) {
+            params.push(format!("{key}={}", userinfo(v)));
+        }
+    }
+    let query = if params.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", params.join("&"))
+    };
+    l.set(
+        "postgres",
+        "read_replica_url",
+        format!("postgres://{user}{pass}@{host}:{port}/{query}"),
+        "PG_HOST_RO/PG_PORT_RO/PG_USER_RO/PG_PASSWORD_RO/PG_SSLMODE_RO/PG_SSLROOTCERT_RO",
+    );
+    Ok(())
+}
+
 /// ELASTICSEARCH_URL, else ELASTICSEARCH_SCHEME/HOST/PORT with PGSync's defaults (https when
 /// ELASTICSEARCH_USE_SSL is true and no scheme is given).
 fn search_url(env: &Env, l: &mut EnvLayer) -> Result<()> {
@@ -422,6 +471,26 @@ fn search_auth(env: &Env, l: &mut EnvLayer, unused: &mut Unused) -> Result<()> {
             !verify,
             "ELASTICSEARCH_VERIFY_CERTS",
         );
+    }
+    Ok(())
+}
+
+/// ELASTICSEARCH_AWS_HOSTED / OPENSEARCH_AWS_HOSTED sign requests for `es`;
+/// OPENSEARCH_AWS_SERVERLESS for `aoss` (in PGSync it refines OPENSEARCH_AWS_HOSTED; alone it can
+/// only mean the same).
+fn aws(env: &Env, l: &mut EnvLayer) -> Result<()> {
+    let flag = |n: &str| -> Result<bool> {
+        env.get(n)
+            .map(|v| parse_bool(n, v))
+            .transpose()
+            .map(|b| b.unwrap_or(false))
+    };
+    if flag("OPENSEARCH_AWS_SERVERLESS")? {
+        l.set("search", "aws_service", "aoss", "OPENSEARCH_AWS_SERVERLESS");
+    } else if flag("OPENSEARCH_AWS_HOSTED")? {
+        l.set("search", "aws_service", "es", "OPENSEARCH_AWS_HOSTED");
+    } else if flag("ELASTICSEARCH_AWS_HOSTED")? {
+        l.set("search", "aws_service", "es", "ELASTICSEARCH_AWS_HOSTED");
     }
     Ok(())
 }
@@ -682,9 +751,9 @@ mod tests {
         ("ELASTICSEARCH_BEARER_AUTH", "token"),
         ("ELASTICSEARCH_CA_CERTS", "/ca.pem"),
         ("ELASTICSEARCH_CHUNK_SIZE", "77"),
-        ("ELASTICSEARCH_CLIENT_CERT", "/c.pem"),
-        ("ELASTICSEARCH_CLIENT_KEY", "/k.pem"),
-        ("ELASTICSEARCH_CLOUD_ID", "cloud:abc"),
+        ("ELASTICSEARCH_CLIENT_CERT", "@rootcert"),
+        ("ELASTICSEARCH_CLIENT_KEY", "@rootcert"),
+        ("ELASTICSEARCH_CLOUD_ID", "d:aG9zdC5leGFtcGxlJHV1aWQk"),
         ("ELASTICSEARCH_HOST", "es"),
         ("ELASTICSEARCH_HTTP_AUTH", "user,pw"),
         ("ELASTICSEARCH_HTTP_COMPRESS", "true"),

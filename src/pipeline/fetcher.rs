@@ -14,6 +14,7 @@ use super::messages::{Completion, DocChunk, FetchRequest, RootKey};
 use super::meta;
 use super::plugin_step::{self, HeldDocs};
 use super::progress::Stats;
+use super::replica::ReplicaGate;
 use super::stage::{Connector, Errors, StageGuard};
 use crate::schema::resolve::IndexPlan;
 use crate::sink::{push_delete_action, push_index_action, DocRef, Target};
@@ -30,8 +31,10 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Statement};
 
 /// The first statement of every fetch: the WAL insert position, read after the snapshot is
-/// taken, as a decimal number.
-const VERSION_SQL: &str = "SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::text";
+/// taken, as a decimal number; on a read replica, the position it has replayed (what its
+/// snapshot sees, on the same scale).
+const VERSION_SQL: &str = "SELECT (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() \
+     ELSE pg_current_wal_insert_lsn() END - '0/0'::pg_lsn)::text";
 
 /// Settings a fetcher needs, shared by all fetchers of an index.
 pub struct FetchSettings {
@@ -50,6 +53,9 @@ pub struct FetchSettings {
     pub plugins: Option<Arc<crate::plugin::PluginChain>>,
     /// The physical index the actions address.
     pub physical: Arc<str>,
+    /// When documents are read on a read replica: the primary's connector, and whether request
+    /// positions are commit LSNs (wal mode). Each fetch waits for the replica first.
+    pub replica_of: Option<(Connector, bool)>,
 }
 
 /// The fetcher actor. Its input is a bounded channel attached as a stream.
@@ -68,6 +74,8 @@ pub struct Fetcher {
 struct Conn {
     client: Client,
     statements: HashMap<String, Statement>,
+    /// Waits for the read replica `client` is connected to.
+    gate: Option<ReplicaGate>,
 }
 
 impl Fetcher {
@@ -118,9 +126,15 @@ impl Actor for Fetcher {
                 .into_actor(self)
                 .map(|res, act, ctx| match res {
                     Ok(client) => {
+                        let gate = act
+                            .settings
+                            .replica_of
+                            .clone()
+                            .map(|(primary, lsns)| ReplicaGate::new(primary, lsns));
                         act.conn = Some(Conn {
                             client,
                             statements: HashMap::new(),
+                            gate,
                         });
                         if let Some(rx) = act.input.take() {
                             ctx.add_stream(ReceiverStream(rx));
@@ -219,6 +233,13 @@ impl Request {
             _ => "fetch-range",
         })?;
         plugin_step::check_loaded(&self.s.plan, self.s.plugins.as_deref())?;
+        if let Some(gate) = conn.gate.as_mut() {
+            match &req {
+                FetchRequest::DeleteAll { .. } => {}
+                FetchRequest::Keys { position, .. } => gate.wait(&conn.client, Some(*position)).await?,
+                _ => gate.wait(&conn.client, None).await?,
+            }
+        }
         match req {
             FetchRequest::DeleteAll { completion } => {
                 let chunk = DocChunk {

@@ -73,7 +73,15 @@ pub fn spawn_fetchers(
 ) -> Lanes<FetchRequest> {
     let p = &cfg.pipeline;
     let plan = &dest.plan;
-    let connect = connector(cfg, &plan.spec.database);
+    // Documents are built on the read replica when there is one.
+    let replica = cfg.read_replica();
+    let connect = connector(replica.as_ref().unwrap_or(cfg), &plan.spec.database);
+    let replica_of = replica.is_some().then(|| {
+        (
+            connector(cfg, &plan.spec.database),
+            cfg.capture.mode == crate::config::CaptureMode::Wal,
+        )
+    });
     let mut senders = vec![];
     for lane in 0..n.max(1) {
         let (tx, rx) = mpsc::channel(capacity.max(1));
@@ -85,6 +93,7 @@ pub fn spawn_fetchers(
             lane,
             physical: dest.physical.clone(),
             plugins: crate::plugin::chain_for(&plan.spec.index),
+            replica_of: replica_of.clone(),
         });
         let (out, stats, errors, connect) =
             (out.clone(), stats.clone(), errors.clone(), connect.clone());

@@ -22,6 +22,7 @@ pub mod plugin_step;
 pub mod progress;
 pub mod prune;
 pub mod query_builder;
+pub mod replica;
 pub mod stage;
 pub mod streaming;
 pub mod supervisor;

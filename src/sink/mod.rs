@@ -9,6 +9,7 @@
 
 mod actions;
 pub mod alias;
+pub mod aws;
 pub mod dead_letter;
 pub mod events;
 mod file;
@@ -18,6 +19,7 @@ mod redis_stream;
 mod response;
 mod scan;
 mod search;
+mod transport;
 mod truncate;
 mod typesense;
 mod webhook;

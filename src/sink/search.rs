@@ -9,10 +9,10 @@ use super::{BulkBatch, BulkOutcome};
 use crate::config::{Engine, PipelineConfig, SearchConfig};
 use crate::{Error, ErrorKind, Result};
 use bytes::Bytes;
-use elasticsearch::auth::Credentials;
-use elasticsearch::cert::{Certificate, CertificateValidation};
-use elasticsearch::http::headers::{HeaderMap, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
-use elasticsearch::http::transport::{SingleNodeConnectionPool, Transport, TransportBuilder};
+use super::transport::{node_urls, Auth, Node, Nodes};
+use elasticsearch::http::headers::{
+    HeaderMap, HeaderValue, CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER,
+};
 use elasticsearch::http::{Method, Url};
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,7 +33,12 @@ impl std::fmt::Debug for SearchSink {
 }
 
 struct Inner {
-    transport: Transport,
+    /// The cluster's nodes, each with its HTTP client.
+    nodes: Nodes,
+    /// What authenticates each request.
+    auth: Auth,
+    /// Gzip request bodies (before signing: a SigV4 signature covers the bytes sent).
+    gzip: bool,
     /// The base URL without credentials, for messages.
     url: String,
     engine: Engine,
@@ -73,78 +78,30 @@ enum Attempt {
         answer: Option<Answer>,
         retry_after: Option<Duration>,
     },
+    /// A failure no retry can fix (no AWS credentials configured).
+    Failed(Error),
 }
 
 impl SearchSink {
-    /// Builds the client from `[search]` (URL, basic auth or API key, CA certificate or no
-    /// verification, timeout) and the retry policy from `[pipeline]`. No network I/O.
+    /// Builds the client from `[search]` (node URLs or Elastic Cloud id, basic auth, API key,
+    /// bearer token or AWS SigV4, CA certificate or no verification, client certificate,
+    /// timeout) and the retry policy from `[pipeline]`. No network I/O.
     pub fn new(search: &SearchConfig, pipeline: &PipelineConfig) -> Result<SearchSink> {
-        let shown = crate::config::mask_url(&search.url);
-        let mut url = Url::parse(search.url.trim()).map_err(|e| {
-            Error::config(format!("search.url = {shown:?} is not a valid URL: {e}"))
-        })?;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(Error::config(format!(
-                "search.url = {shown:?} must start with http:// or https://"
-            )));
-        }
-        // Credentials embedded in the URL (the loader moves them out, but a hand-built config may
-        // still carry them) become basic auth; the URL used for requests and messages has none.
-        let url_user = (!url.username().is_empty()).then(|| decode(url.username()));
-        let url_pass = url.password().map(decode);
-        let _ = url.set_username("");
-        let _ = url.set_password(None);
-        if !url.path().ends_with('/') {
-            let p = format!("{}/", url.path());
-            url.set_path(&p);
-        }
-        let shown = url.as_str().trim_end_matches('/').to_owned();
-
-        let mut b =
-            TransportBuilder::new(SingleNodeConnectionPool::new(url)).enable_meta_header(false);
-        if search.timeout_secs > 0 {
-            b = b.timeout(Duration::from_secs(search.timeout_secs));
-        }
-        b = b.request_body_compression(search.http_compress);
-        if let Some(key) = &search.api_key {
-            b = b.auth(match key.expose().split_once(':') {
-                Some((id, k)) => Credentials::ApiKey(id.to_owned(), k.to_owned()),
-                None => Credentials::EncodedApiKey(key.expose().to_owned()),
-            });
-        } else {
-            let user = search.username.clone().or(url_user);
-            let pass = search
-                .password
-                .as_ref()
-                .map(|p| p.expose().to_owned())
-                .or(url_pass);
-            if user.is_some() || pass.is_some() {
-                b = b.auth(Credentials::Basic(
-                    user.unwrap_or_default(),
-                    pass.unwrap_or_default(),
-                ));
-            }
-        }
-        if search.insecure_skip_verify {
-            b = b.cert_validation(CertificateValidation::None);
-        } else if let Some(ca) = &search.ca_cert {
-            let pem = std::fs::read(ca).map_err(|e| {
-                Error::config(format!("cannot read search.ca_cert {}: {e}", ca.display()))
-            })?;
-            let cert = Certificate::from_pem(&pem).map_err(|e| {
-                Error::config(format!(
-                    "search.ca_cert {} is not a PEM certificate: {e}",
-                    ca.display()
-                ))
-            })?;
-            b = b.cert_validation(CertificateValidation::Full(cert));
-        }
-        let transport = b.build().map_err(|e| {
-            Error::config(format!("cannot set up the search client for {shown}: {e}"))
-        })?;
+        let found = node_urls(search)?;
+        let url_creds = found.iter().find_map(|(_, c)| c.clone());
+        let urls: Vec<Url> = found.into_iter().map(|(u, _)| u).collect();
+        let shown = urls
+            .iter()
+            .map(|u| u.as_str().trim_end_matches('/'))
+            .collect::<Vec<_>>()
+            .join(",");
+        let nodes = super::transport::nodes(search, urls)?;
+        let auth = super::transport::auth(search, url_creds)?;
         Ok(SearchSink {
             inner: Arc::new(Inner {
-                transport,
+                nodes,
+                auth,
+                gzip: search.http_compress,
                 url: shown.clone(),
                 engine: search.engine,
                 max_retries: pipeline.max_retries,
@@ -498,12 +455,17 @@ impl SearchSink {
         retries: &mut u32,
         max_retries: u32,
     ) -> Result<Answer> {
+        let body = match body {
+            Some(b) if self.inner.gzip => Some(gzip(&b)?),
+            other => other,
+        };
         loop {
             match self.attempt(method, path, content_type, body.clone()).await {
                 Attempt::Done(a) => {
                     self.outage().recovered();
                     return Ok(a);
                 }
+                Attempt::Failed(e) => return Err(e),
                 Attempt::Transient {
                     reason,
                     answer,
@@ -552,6 +514,8 @@ impl SearchSink {
         }
     }
 
+    /// One attempt: the nodes in turn until one answers (a node that cannot be reached is
+    /// rested and the next one tried at once).
     async fn attempt(
         &self,
         method: Method,
@@ -559,25 +523,77 @@ impl SearchSink {
         content_type: Option<&'static str>,
         body: Option<Bytes>,
     ) -> Attempt {
+        let nodes = self.inner.nodes.order();
+        let mut reason = String::new();
+        for node in &nodes {
+            match self.send_to(node, method, path, content_type, body.clone()).await {
+                Ok(resp) => {
+                    node.answered();
+                    return self.answer(resp).await;
+                }
+                Err(SendError::Auth(e)) if e.kind == ErrorKind::SinkTransient => {
+                    return Attempt::Transient {
+                        reason: e.to_string(),
+                        answer: None,
+                        retry_after: None,
+                    }
+                }
+                Err(SendError::Auth(e)) => return Attempt::Failed(e),
+                Err(SendError::Connection(e)) => {
+                    node.failed();
+                    reason = if nodes.len() > 1 {
+                        format!("{}: {e}", node.shown)
+                    } else {
+                        e
+                    };
+                    if nodes.len() > 1 {
+                        tracing::warn!("search node {reason}; trying the next node");
+                    }
+                }
+            }
+        }
+        Attempt::Transient {
+            reason,
+            answer: None,
+            retry_after: None,
+        }
+    }
+
+    /// Sends one request to `node`, authenticated (signed over the exact URL and body sent).
+    async fn send_to(
+        &self,
+        node: &Node,
+        method: Method,
+        path: &str,
+        content_type: Option<&'static str>,
+        body: Option<Bytes>,
+    ) -> std::result::Result<elasticsearch::http::response::Response, SendError> {
         let mut headers = HeaderMap::new();
         if let Some(ct) = content_type {
             headers.insert(CONTENT_TYPE, HeaderValue::from_static(ct));
         }
-        let resp = match self
-            .inner
-            .transport
+        if body.is_some() && self.inner.gzip {
+            headers.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        }
+        // The transport joins the path to the node URL the same way.
+        let url = node
+            .url
+            .join(path.trim_start_matches('/'))
+            .map_err(|e| SendError::Connection(format!("bad request path {path}: {e}")))?;
+        let bytes = body.as_deref().unwrap_or_default();
+        self.inner
+            .auth
+            .apply(&mut headers, method_name(method), url.as_str(), bytes)
+            .await
+            .map_err(SendError::Auth)?;
+        node.transport
             .send(method, path, headers, None::<&()>, body, None)
             .await
-        {
-            Ok(r) => r,
-            Err(e) => {
-                return Attempt::Transient {
-                    reason: error_chain(&e),
-                    answer: None,
-                    retry_after: None,
-                }
-            }
-        };
+            .map_err(|e| SendError::Connection(error_chain(&e)))
+    }
+
+    /// Reads an answer; 429 and 5xx are transient.
+    async fn answer(&self, resp: elasticsearch::http::response::Response) -> Attempt {
         let status = resp.status_code().as_u16();
         let retry_after = resp
             .headers()
@@ -626,12 +642,33 @@ impl SearchSink {
             ),
         );
         match a.status {
+            401 | 403 if matches!(self.inner.auth, Auth::Aws(_)) => e.with_hint(
+                "requests are signed with AWS SigV4: check the AWS credentials the process gets, search.aws_region (ELASTICSEARCH_AWS_REGION), search.aws_service (es or aoss) and the domain's access policy",
+            ),
             401 | 403 => e.with_hint(
-                "check search.username/search.password or search.api_key (ELASTICSEARCH_USER, ELASTICSEARCH_PASSWORD, ELASTICSEARCH_API_KEY)",
+                "check search.username/search.password, search.api_key or search.bearer_token (ELASTICSEARCH_USER, ELASTICSEARCH_PASSWORD, ELASTICSEARCH_API_KEY, ELASTICSEARCH_BEARER_AUTH)",
             ),
             _ => e,
         }
     }
+}
+
+/// Why a request did not get an answer.
+enum SendError {
+    /// The node could not be reached (or the connection broke): another node may answer.
+    Connection(String),
+    /// The request could not be authenticated (no AWS credentials): no node would take it.
+    Auth(Error),
+}
+
+/// Gzips a request body (PGSync's ELASTICSEARCH_HTTP_COMPRESS).
+fn gzip(body: &[u8]) -> Result<Bytes> {
+    use std::io::Write;
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    enc.write_all(body)
+        .and_then(|_| enc.finish())
+        .map(Bytes::from)
+        .map_err(|e| Error::internal(format!("gzip of a request body: {e}")))
 }
 
 fn method_name(m: Method) -> &'static str {
@@ -722,7 +759,7 @@ fn subset(body: &Bytes, ids: &[String], positions: &[usize]) -> Result<(Bytes, V
 
 /// An error and its sources, `a: b: c`, without repeats (reqwest's top-level message alone says
 /// little: "error sending request").
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut parts: Vec<String> = vec![e.to_string()];
     let mut src = e.source();
     while let Some(s) = src {
@@ -733,26 +770,6 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         src = s.source();
     }
     crate::config::mask_url(&parts.join(": "))
-}
-
-/// Decodes `%XX` escapes of URL user-info.
-fn decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            let hex = |x: u8| (x as char).to_digit(16);
-            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]

@@ -122,6 +122,45 @@ impl Postgres {
         pg
     }
 
+    /// A hot-standby streaming replica of `primary` (`pg_basebackup -R`), on its own port: for
+    /// reading documents from a replica.
+    pub fn start_replica_of(primary: &Postgres) -> Postgres {
+        let run_as = primary.run_as;
+        let base = match run_as {
+            Some(_) => PathBuf::from("/tmp"),
+            None => std::env::temp_dir(),
+        };
+        let dir = tempfile::Builder::new()
+            .prefix("pgsync-test-pg-replica-")
+            .tempdir_in(base)
+            .expect("create replica temp dir");
+        if let Some((uid, gid)) = run_as {
+            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).expect("chown replica dir");
+        }
+        let mut backup = Command::new(primary.bin_dir.join("pg_basebackup"));
+        backup
+            .arg("-D")
+            .arg(dir.path().join("data"))
+            .args(["-R", "-X", "stream", "--no-sync", "-h", "127.0.0.1", "-U", "postgres"])
+            .args(["-p", &primary.port().to_string()])
+            .current_dir(dir.path());
+        as_user(&mut backup, run_as);
+        let (status, log) = Supervised::spawn(backup, "KILL", Some(dir.path()), None)
+            .expect("spawn pg_basebackup")
+            .wait();
+        assert!(status.success(), "pg_basebackup failed ({status}):\n{log}");
+        let pg = Postgres {
+            port: AtomicU16::new(free_port()),
+            bin_dir: primary.bin_dir.clone(),
+            run_as,
+            settings: primary.settings.clone(),
+            running: Mutex::new(None),
+            dir,
+        };
+        pg.launch(true);
+        pg
+    }
+
     /// The TCP port on 127.0.0.1.
     pub fn port(&self) -> u16 {
         self.port.load(Ordering::Relaxed)
