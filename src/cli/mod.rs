@@ -8,6 +8,7 @@ mod args;
 mod catch_up;
 mod commands;
 mod dead_letters;
+mod migrate_pgsync;
 mod pgsync_forms;
 mod schema_change;
 

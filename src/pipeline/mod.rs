@@ -23,5 +23,6 @@ pub mod query_builder;
 pub mod stage;
 pub mod streaming;
 pub mod supervisor;
+pub mod verify;
 pub mod views;
 pub mod writer;

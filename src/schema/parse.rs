@@ -149,6 +149,7 @@ pub fn parse_str_with_env(
         Ok(SchemaFile {
             path: path.to_owned(),
             indices,
+            warnings: checker.warnings,
         })
     } else {
         Err(SchemaError::Problems {
@@ -464,6 +465,8 @@ impl<'a> Obj<'a> {
 #[derive(Default)]
 struct Checker {
     problems: Vec<SchemaProblem>,
+    /// What PGSync ignores: reported, fatal only for `validate --strict`.
+    warnings: Vec<SchemaProblem>,
 }
 
 impl Checker {
@@ -489,6 +492,34 @@ impl Checker {
                     one_of(allowed),
                 );
             }
+        }
+    }
+
+    /// Keys PGSync ignores (document, transform and concat keys): a warning naming them.
+    fn ignored_keys(&mut self, o: &Obj<'_>, allowed: &[&str]) {
+        for (k, _) in o.entries {
+            if !allowed.contains(&k.as_str()) {
+                self.warnings.push(SchemaProblem {
+                    path: o.at(k),
+                    found: format!("unknown key {} (ignored, as PGSync does)", quote(k)),
+                    allowed: one_of(allowed),
+                });
+            }
+        }
+    }
+
+    /// `"label": null` means no label to PGSync (the table name is used): a warning.
+    fn label(&mut self, o: &Obj<'_>) -> Option<String> {
+        match o.slot("label") {
+            (Some(Json::Null), path) => {
+                self.warnings.push(SchemaProblem {
+                    path,
+                    found: "null (read as no label, as PGSync does)".into(),
+                    allowed: NON_EMPTY.into(),
+                });
+                None
+            }
+            slot => self.text(slot, NON_EMPTY),
         }
     }
 
@@ -583,7 +614,7 @@ impl Checker {
     /// One element of the top-level array.
     fn document(&mut self, doc: &Json, path: String) -> Option<IndexSpec> {
         let o = self.object((Some(doc), path), DOCUMENT)?;
-        self.known_keys(&o, DOCUMENT_KEYS);
+        self.ignored_keys(&o, DOCUMENT_KEYS);
         let database = self.required_text(o.slot("database"), DATABASE);
         let index = self.text(o.slot("index"), INDEX);
         let root = self.require(o.slot("nodes"), ROOT);
@@ -619,7 +650,7 @@ impl Checker {
         if let (Some(Json::Array(items)), path) = o.slot("columns") {
             self.duplicate_columns(items, &path);
         }
-        let label = self.text(o.slot("label"), NON_EMPTY);
+        let label = self.label(&o);
         let primary_key = self.strings(o.slot("primary_key"), STRINGS);
         let base_tables = self.strings(o.slot("base_tables"), STRINGS);
         let relationship = match o.slot("relationship") {
@@ -798,7 +829,7 @@ impl Checker {
     }
 
     fn transform(&mut self, o: &Obj<'_>) -> TransformSpec {
-        self.known_keys(o, TRANSFORM_KEYS);
+        self.ignored_keys(o, TRANSFORM_KEYS);
         let mut spec = TransformSpec::default();
         if let Some(rename) = self.object(o.slot("rename"), RENAME) {
             for (from, to) in rename.entries {
@@ -848,7 +879,7 @@ impl Checker {
     }
 
     fn concat(&mut self, o: &Obj<'_>) -> Option<ConcatSpec> {
-        self.known_keys(o, CONCAT_KEYS);
+        self.ignored_keys(o, CONCAT_KEYS);
         let columns = self.required_strings(o.slot("columns"), CONCAT_COLUMNS);
         let destination = self.required_text(o.slot("destination"), NEW_NAME);
         let delimiter = self.string(o.slot("delimiter")).unwrap_or_default();
