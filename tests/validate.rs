@@ -212,7 +212,7 @@ fn a_through_table_that_does_not_join_both_tables_is_reported() {
                                  "through_tables": ["book_authors"]}}"#,
         ),
         &[
-            r#"[0].nodes.children[0].relationship.through_tables[0]: found public.chapter has a foreign key to public.book and no to public.author; expected a join table with foreign keys to both public.book and public.author"#,
+            r#"[0].nodes.children[0].relationship.through_tables[0]: found no foreign key between public.chapter and public.author; expected a table linked by foreign keys (in either direction) to both public.book and public.author"#,
             &format!(
                 r#"[0].nodes.children[1].relationship.through_tables[0]: found "book_authors" (no such table in schema "public"); expected one of: {PUBLIC_TABLES}"#
             ),
@@ -260,15 +260,42 @@ fn an_unknown_schema_is_reported() {
 }
 
 #[test]
-fn an_unknown_key_is_reported_with_the_keys_allowed_there() {
+fn an_unknown_node_key_is_reported_with_the_keys_allowed_there() {
+    // PGSync refuses unknown node (and relationship) keys too.
     assert_problems(
-        r#"[{"database": "DB", "index": "x", "colour": "red",
-             "nodes": {"table": "book", "colums": ["id"]}}]"#,
+        r#"[{"database": "DB", "index": "x", "nodes": {"table": "book", "colums": ["id"]}}]"#,
         &[
-            r#"[0].colour: found unknown key "colour"; expected one of "database", "index", "nodes", "setting", "mapping", "mappings", "routing", "pipeline", "plugins""#,
             r#"[0].nodes.colums: found unknown key "colums"; expected one of "table", "schema", "columns", "label", "primary_key", "relationship", "children", "transform", "base_tables""#,
         ],
     );
+}
+
+#[test]
+fn what_pgsync_ignores_is_a_warning_and_an_error_only_with_strict() {
+    let text = schema(
+        r#"[{"database": "DB", "index": "x", "colour": "red",
+             "nodes": {"table": "book", "columns": ["id"], "transform": {"renam": {"id": "x"}},
+                       "children": [{"table": "chapter", "label": null, "columns": ["title"],
+                                     "relationship": {"variant": "object", "type": "one_to_many"}}]}}]"#,
+    );
+    let expected = [
+        r#"[0].colour: found unknown key "colour" (ignored, as PGSync does); expected one of "database", "index", "nodes", "setting", "mapping", "mappings", "routing", "pipeline", "plugins""#,
+        r#"[0].nodes.transform.renam: found unknown key "renam" (ignored, as PGSync does); expected one of "rename", "replace", "concat", "mapping", "move""#,
+        r#"[0].nodes.children[0].label: found null (read as no label, as PGSync does); expected a non-empty string"#,
+    ];
+    let (work, out) = validate(&text);
+    out.assert_code(0, "pgsync validate of a schema with what PGSync ignores");
+    for w in expected {
+        assert!(
+            out.stderr.contains(w),
+            "warning {w} missing\n{}",
+            out.output()
+        );
+    }
+    assert!(out.stdout.contains("ok: index x"), "{}", out.output());
+    let strict = work.pgsync(&["validate", "--strict"]);
+    strict.assert_code(2, "pgsync validate --strict of the same schema");
+    assert_eq!(problems(&work, &strict), expected, "{}", strict.output());
 }
 
 #[test]
@@ -347,11 +374,11 @@ fn several_file_problems_are_all_reported_at_once_with_exit_code_two() {
                 {"table": "review", "relationship": {"variant": "object", "type": "one_to_few"}}]}}]"#,
     );
     let (work, out) = validate(&text);
-    out.assert_code(2, "pgsync validate with three problems");
+    // "colour" is only a warning (PGSync ignores unknown document keys).
+    out.assert_code(2, "pgsync validate with two problems");
     let mut found = problems(&work, &out);
     found.sort();
     let mut expected = vec![
-        r#"[0].colour: found unknown key "colour"; expected one of "database", "index", "nodes", "setting", "mapping", "mappings", "routing", "pipeline", "plugins""#,
         r#"[0].nodes.children[0].columns: found 2 columns; expected exactly one column for a scalar relationship"#,
         r#"[0].nodes.children[1].relationship.type: found "one_to_few"; expected one of "one_to_one", "one_to_many""#,
     ];

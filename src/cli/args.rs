@@ -42,7 +42,20 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Check schema.json and the database; report every problem at once.
-    Validate,
+    Validate {
+        /// Also fail on what PGSync ignores (unknown document or transform keys, "label": null),
+        /// which is otherwise a warning.
+        #[arg(long)]
+        strict: bool,
+    },
+    /// Take over from a running PGSync on the same database and index: create our slot, then
+    /// drop PGSync's slot, triggers and view, and keep its index when its documents match.
+    MigrateFromPgsync {
+        /// Also remove PGSync's shared trigger function and view when other PGSync indexes of
+        /// the database still use them (they stop receiving changes).
+        #[arg(long)]
+        force: bool,
+    },
     /// Create what change capture needs (publication and slot, or triggers); idempotent.
     Bootstrap,
     /// Initial sync when needed, then keep documents current until stopped.
@@ -97,8 +110,16 @@ pub enum Command {
 /// What to do, whichever command line asked for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    /// `validate`.
-    Validate,
+    /// `validate [--strict]`.
+    Validate {
+        /// What PGSync ignores is an error too.
+        strict: bool,
+    },
+    /// `migrate-from-pgsync [--force]`.
+    MigrateFromPgsync {
+        /// Remove PGSync's shared objects even when other PGSync indexes still use them.
+        force: bool,
+    },
     /// `bootstrap`.
     Bootstrap,
     /// `teardown`.
@@ -158,7 +179,8 @@ impl Cli {
     /// This program's own command line as an invocation.
     pub fn invocation(self) -> Invocation {
         let action = match self.command {
-            Command::Validate => Action::Validate,
+            Command::Validate { strict } => Action::Validate { strict },
+            Command::MigrateFromPgsync { force } => Action::MigrateFromPgsync { force },
             Command::Bootstrap => Action::Bootstrap,
             Command::Teardown => Action::Teardown,
             Command::Status { json } => Action::Status { json },

@@ -15,7 +15,8 @@ use std::sync::Arc;
 /// Does what was asked; returns the exit code.
 pub async fn dispatch(action: Action, cfg: Config) -> Result<i32> {
     match action {
-        Action::Validate => validate(&cfg).await,
+        Action::Validate { strict } => validate(&cfg, strict).await,
+        Action::MigrateFromPgsync { force } => super::migrate_pgsync::migrate(&cfg, force).await,
         Action::CatchUp { recreate } => super::catch_up::catch_up(&cfg, recreate).await,
         Action::FullSync { recreate } => run_once(&cfg, recreate).await,
         Action::Daemon { recreate } => crate::pipeline::daemon::run(&cfg, recreate).await,
@@ -29,8 +30,11 @@ pub async fn dispatch(action: Action, cfg: Config) -> Result<i32> {
     }
 }
 
-async fn validate(cfg: &Config) -> Result<i32> {
+async fn validate(cfg: &Config, strict: bool) -> Result<i32> {
     let file = load_schema(cfg)?;
+    if strict {
+        crate::schema::strict(&file)?;
+    }
     let plans = resolve_all(cfg, &file).await?;
     crate::plugin::load_for(cfg, &plans)?;
     for p in &plans {

@@ -9,6 +9,7 @@ mod catch_up;
 mod commands;
 mod dead_letters;
 mod logging;
+mod migrate_pgsync;
 mod pgsync_forms;
 mod probe;
 mod schema_change;

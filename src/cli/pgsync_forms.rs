@@ -226,7 +226,7 @@ pub fn pgsync(args: &[String]) -> Result<Option<Invocation>, clap::Error> {
         ));
     }
     let action = match (f.analyze, f.daemon) {
-        (true, _) => Action::Validate,
+        (true, _) => Action::Validate { strict: false },
         (false, true) => Action::Daemon { recreate: false },
         (false, false) => Action::CatchUp { recreate: false },
     };
@@ -372,7 +372,7 @@ mod tests {
         assert!(get(&i, "PGSYNC_LOG__LEVEL").unwrap().contains("debug"));
         assert!(i.warnings.is_empty(), "{:?}", i.warnings);
         let i = pgsync(&v(&["-c", "s.json", "-a"])).unwrap().unwrap();
-        assert_eq!(i.action, Action::Validate);
+        assert_eq!(i.action, Action::Validate { strict: false });
         assert!(pgsync(&v(&["-c", "s.json", "-a", "-d"])).is_err());
         assert!(pgsync(&v(&["-c", "s.json", "--sslmode", "sometimes"])).is_err());
     }

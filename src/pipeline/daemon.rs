@@ -89,6 +89,7 @@ async fn run_until_stopped(
     let Some(services) = await_services(cfg, &file, stop_rx.clone()).await? else {
         return Ok(());
     };
+    crate::source::pgsync_objects::warn_at_startup(cfg, &services.plans).await;
     let mut tasks = vec![];
     let mut monitors = vec![];
     for plan in services.plans {

@@ -26,5 +26,6 @@ pub mod replica;
 pub mod stage;
 pub mod streaming;
 pub mod supervisor;
+pub mod verify;
 pub mod views;
 pub mod writer;

@@ -1,6 +1,7 @@
 //! The index body (`settings` + `mappings`) created for an index: PGSync's `setting`, a complete
 //! `mappings` when given, otherwise node `transform.mapping` entries placed at each node's path
-//! plus the document-level `mapping` merged at the root.
+//! plus the document-level `mapping` merged at the root (a `mapping` holding `dynamic_templates`
+//! is a whole mapping body, passed through as PGSync passes it).
 
 use super::resolve::{IndexPlan, PlanNode};
 use serde_json::{json, Map, Value};
@@ -12,9 +13,12 @@ pub fn index_body(plan: &IndexPlan) -> Value {
     if let Some(s) = &spec.setting {
         body.insert("settings".into(), json!({ "index": s }));
     }
-    let mappings = match &spec.mappings {
-        Some(m) => Some(m.clone()),
-        None => {
+    let mappings = match (&spec.mappings, &spec.mapping) {
+        (Some(m), _) => Some(m.clone()),
+        // A whole mapping body (`dynamic_templates`, maybe `properties`): PGSync sends it as the
+        // index's `mappings` unchanged, so do we.
+        (None, Some(m)) if m.contains_key("dynamic_templates") => Some(Value::Object(m.clone())),
+        (None, _) => {
             let mut props = node_properties(&plan.root, &spec.nodes);
             if let Some(extra) = &spec.mapping {
                 for (k, v) in extra {
@@ -57,5 +61,43 @@ fn merge(into: &mut Value, from: &Value) {
             }
         }
         (a, b) => *a = b.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::parse::parse_str;
+    use crate::schema::resolve::{resolve, Catalog, ColumnInfo, TableInfo};
+    use crate::schema::TableId;
+
+    #[test]
+    fn a_mapping_with_dynamic_templates_is_passed_through_as_the_mappings() {
+        let text = r#"[{"database": "db", "index": "i", "nodes": {"table": "a", "columns": ["id"]},
+            "mapping": {"dynamic_templates": [{"strings": {"match_mapping_type": "string",
+                "mapping": {"type": "keyword"}}}], "properties": {"id": {"type": "long"}}}}]"#;
+        let file = parse_str(text, std::path::Path::new("schema.json")).unwrap();
+        let mut catalog = Catalog::default();
+        catalog.schemas.insert("public".into());
+        catalog.tables.insert(
+            TableId::new("public", "a"),
+            TableInfo {
+                kind: 'r',
+                columns: vec![ColumnInfo {
+                    name: "id".into(),
+                    type_name: "int4".into(),
+                    category: 'N',
+                }],
+                primary_key: vec!["id".into()],
+                foreign_keys: vec![],
+            },
+        );
+        let plans = resolve(&file, &catalog).unwrap();
+        let body = index_body(&plans[0]);
+        assert_eq!(
+            body["mappings"],
+            json!({"dynamic_templates": [{"strings": {"match_mapping_type": "string",
+                "mapping": {"type": "keyword"}}}], "properties": {"id": {"type": "long"}}})
+        );
     }
 }

@@ -15,9 +15,30 @@ pub use table::TableId;
 use crate::config::{self, Config};
 use crate::{Error, Result};
 
-/// Reads schema.json named by the configuration.
+/// Reads schema.json named by the configuration; what PGSync would ignore is logged as a
+/// warning (see [`SchemaFile::warnings`]).
 pub fn load(cfg: &Config) -> Result<SchemaFile> {
-    parse::parse_file(&cfg.schema.path).map_err(Error::from)
+    let file = parse::parse_file(&cfg.schema.path).map_err(Error::from)?;
+    for w in &file.warnings {
+        tracing::warn!("{}: {w}", file.path.display());
+    }
+    Ok(file)
+}
+
+/// `validate --strict`: what PGSync ignores is an error too.
+pub fn strict(file: &SchemaFile) -> Result<()> {
+    if file.warnings.is_empty() {
+        return Ok(());
+    }
+    let mut msg = format!(
+        "{} problem(s) in {} (--strict: PGSync would ignore them; remove or fix them):",
+        file.warnings.len(),
+        file.path.display()
+    );
+    for w in &file.warnings {
+        msg.push_str(&format!("\n  {}: {w}", file.path.display()));
+    }
+    Err(Error::schema(msg))
 }
 
 /// Resolves every index of the schema against its database, reporting every problem at once.
@@ -36,6 +57,7 @@ pub async fn resolve_all(cfg: &Config, file: &SchemaFile) -> Result<Vec<resolve:
         let sub = SchemaFile {
             path: file.path.clone(),
             indices: idxs.iter().map(|&i| file.indices[i].clone()).collect(),
+            warnings: vec![],
         };
         let catalog = resolve::Catalog::load(&client, &resolve::schemas_of(&sub)).await?;
         match resolve::resolve(&sub, &catalog) {

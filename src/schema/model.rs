@@ -11,6 +11,9 @@ pub struct SchemaFile {
     pub path: PathBuf,
     /// One entry per element of the top-level JSON array, in file order.
     pub indices: Vec<IndexSpec>,
+    /// What PGSync ignores (unknown document or transform keys, `"label": null`): logged at
+    /// start-up, an error only for `validate --strict`, so a PGSync schema runs unchanged.
+    pub warnings: Vec<SchemaProblem>,
 }
 
 /// One element of the top-level array: a database, a target index and its node tree.

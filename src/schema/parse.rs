@@ -149,6 +149,7 @@ pub fn parse_str_with_env(
         Ok(SchemaFile {
             path: path.to_owned(),
             indices,
+            warnings: checker.warnings,
         })
     } else {
         Err(SchemaError::Problems {
@@ -464,6 +465,8 @@ impl<'a> Obj<'a> {
 #[derive(Default)]
 struct Checker {
     problems: Vec<SchemaProblem>,
+    /// What PGSync ignores: reported, fatal only for `validate --strict`.
+    warnings: Vec<SchemaProblem>,
 }
 
 impl Checker {
@@ -489,6 +492,34 @@ impl Checker {
                     one_of(allowed),
                 );
             }
+        }
+    }
+
+    /// Keys PGSync ignores (document, transform and concat keys): a warning naming them.
+    fn ignored_keys(&mut self, o: &Obj<'_>, allowed: &[&str]) {
+        for (k, _) in o.entries {
+            if !allowed.contains(&k.as_str()) {
+                self.warnings.push(SchemaProblem {
+                    path: o.at(k),
+                    found: format!("unknown key {} (ignored, as PGSync does)", quote(k)),
+                    allowed: one_of(allowed),
+                });
+            }
+        }
+    }
+
+    /// `"label": null` means no label to PGSync (the table name is used): a warning.
+    fn label(&mut self, o: &Obj<'_>) -> Option<String> {
+        match o.slot("label") {
+            (Some(Json::Null), path) => {
+                self.warnings.push(SchemaProblem {
+                    path,
+                    found: "null (read as no label, as PGSync does)".into(),
+                    allowed: NON_EMPTY.into(),
+                });
+                None
+            }
+            slot => self.text(slot, NON_EMPTY),
         }
     }
 
@@ -583,7 +614,7 @@ impl Checker {
     /// One element of the top-level array.
     fn document(&mut self, doc: &Json, path: String) -> Option<IndexSpec> {
         let o = self.object((Some(doc), path), DOCUMENT)?;
-        self.known_keys(&o, DOCUMENT_KEYS);
+        self.ignored_keys(&o, DOCUMENT_KEYS);
         let database = self.required_text(o.slot("database"), DATABASE);
         let index = self.text(o.slot("index"), INDEX);
         let root = self.require(o.slot("nodes"), ROOT);
@@ -619,7 +650,7 @@ impl Checker {
         if let (Some(Json::Array(items)), path) = o.slot("columns") {
             self.duplicate_columns(items, &path);
         }
-        let label = self.text(o.slot("label"), NON_EMPTY);
+        let label = self.label(&o);
         let primary_key = self.strings(o.slot("primary_key"), STRINGS);
         let base_tables = self.strings(o.slot("base_tables"), STRINGS);
         let relationship = match o.slot("relationship") {
@@ -798,7 +829,7 @@ impl Checker {
     }
 
     fn transform(&mut self, o: &Obj<'_>) -> TransformSpec {
-        self.known_keys(o, TRANSFORM_KEYS);
+        self.ignored_keys(o, TRANSFORM_KEYS);
         let mut spec = TransformSpec::default();
         if let Some(rename) = self.object(o.slot("rename"), RENAME) {
             for (from, to) in rename.entries {
@@ -848,7 +879,7 @@ impl Checker {
     }
 
     fn concat(&mut self, o: &Obj<'_>) -> Option<ConcatSpec> {
-        self.known_keys(o, CONCAT_KEYS);
+        self.ignored_keys(o, CONCAT_KEYS);
         let columns = self.required_strings(o.slot("columns"), CONCAT_COLUMNS);
         let destination = self.required_text(o.slot("destination"), NEW_NAME);
         let delimiter = self.string(o.slot("delimiter")).unwrap_or_default();
@@ -1031,14 +1062,13 @@ mod tests {
 
     #[test]
     fn several_problems_are_all_reported_one_per_line_in_file_order() {
-        let text = r#"[{"database": 5, "colour": "red", "nodes": {"table": "a", "children": [
+        let text = r#"[{"database": 5, "nodes": {"table": "a", "children": [
             {"table": "b", "relationship": {"variant": "objekt", "type": "one_to_one"}},
             {"table": "", "label": "x", "relationship": {"variant": "object"}}]}}]"#;
         let err = parse(text).unwrap_err();
         assert_eq!(
             err.to_string(),
             [
-                r#"schema.json: [0].colour: found unknown key "colour"; expected one of "database", "index", "nodes", "setting", "mapping", "mappings", "routing", "pipeline", "plugins""#,
                 r#"schema.json: [0].database: found 5; expected a non-empty string (the PostgreSQL database name)"#,
                 r#"schema.json: [0].nodes.children[0].relationship.variant: found "objekt"; expected one of "object", "scalar""#,
                 r#"schema.json: [0].nodes.children[1].table: found ""; expected a non-empty string (the table or view name)"#,
@@ -1147,22 +1177,40 @@ mod tests {
     }
 
     #[test]
-    fn unknown_document_node_relationship_transform_and_concat_keys_list_the_allowed_keys() {
-        let text = r#"[{"database": "db", "nodez": 1, "nodes": {"table": "a", "colums": [],
-            "transform": {"renam": {}, "concat": {"columns": ["x"], "destination": "d", "sep": "-"}},
+    fn unknown_node_relationship_and_foreign_key_keys_list_the_allowed_keys() {
+        // PGSync refuses these too (NodeAttributeError, RelationshipAttributeError).
+        let text = r#"[{"database": "db", "nodes": {"table": "a", "colums": [],
             "children": [{"table": "b", "relationship": {"variant": "object", "type": "one_to_one",
                 "through": ["t"], "foreign_key": {"child": ["x"], "parent": ["y"], "on": 1}}}]}}]"#;
         assert_eq!(
             problems(text),
             [
-                r#"[0].nodez: found unknown key "nodez"; expected one of "database", "index", "nodes", "setting", "mapping", "mappings", "routing", "pipeline", "plugins""#,
                 r#"[0].nodes.colums: found unknown key "colums"; expected one of "table", "schema", "columns", "label", "primary_key", "relationship", "children", "transform", "base_tables""#,
-                r#"[0].nodes.transform.renam: found unknown key "renam"; expected one of "rename", "replace", "concat", "mapping", "move""#,
-                r#"[0].nodes.transform.concat.sep: found unknown key "sep"; expected one of "columns", "destination", "delimiter""#,
                 r#"[0].nodes.children[0].relationship.through: found unknown key "through"; expected one of "variant", "type", "foreign_key", "through_tables""#,
                 r#"[0].nodes.children[0].relationship.foreign_key.on: found unknown key "on"; expected one of "child", "parent""#,
             ]
         );
+    }
+
+    #[test]
+    fn what_pgsync_ignores_is_a_warning_not_a_problem() {
+        let text = r#"[{"database": "db", "nodez": 1, "nodes": {"table": "a", "columns": ["x"],
+            "transform": {"renam": {}, "concat": {"columns": ["x"], "destination": "d", "sep": "-"}},
+            "children": [{"table": "b", "label": null,
+                          "relationship": {"variant": "object", "type": "one_to_one"}}]}}]"#;
+        let file = parsed(text);
+        let warnings: Vec<String> = file.warnings.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            warnings,
+            [
+                r#"[0].nodez: found unknown key "nodez" (ignored, as PGSync does); expected one of "database", "index", "nodes", "setting", "mapping", "mappings", "routing", "pipeline", "plugins""#,
+                r#"[0].nodes.transform.renam: found unknown key "renam" (ignored, as PGSync does); expected one of "rename", "replace", "concat", "mapping", "move""#,
+                r#"[0].nodes.transform.concat.sep: found unknown key "sep" (ignored, as PGSync does); expected one of "columns", "destination", "delimiter""#,
+                r#"[0].nodes.children[0].label: found null (read as no label, as PGSync does); expected a non-empty string"#,
+            ]
+        );
+        let b = &file.indices[0].nodes.children[0];
+        assert_eq!((b.label.as_deref(), b.label()), (None, "b"));
     }
 
     #[test]

@@ -722,52 +722,13 @@ fn resolve_join(
 ) -> Option<Join> {
     let ptable = &pnode.table;
     if let Some(through) = rel.through_tables.first() {
-        let ttable = table_ref(through, &spec.schema);
-        let Some(tinfo) = catalog.tables.get(&ttable) else {
-            problem(
-                problems,
-                format!("{}.relationship.through_tables[0]", spec.path),
-                format!("{through:?} (no such table in schema {:?})", ttable.schema),
-                format!("one of: {}", catalog.names_in(&ttable.schema).join(", ")),
-            );
-            return None;
+        let ends = ThroughEnds {
+            table,
+            info,
+            ptable,
+            pinfo,
         };
-        let fks = &tinfo.foreign_keys;
-        let pi = fks.iter().position(|f| &f.ref_table == ptable);
-        let ci = (0..fks.len()).find(|&i| &fks[i].ref_table == table && Some(i) != pi);
-        let (to_parent, to_child) = (pi.map(|i| &fks[i]), ci.map(|i| &fks[i]));
-        match (to_parent, to_child) {
-            (Some(p), Some(c)) => {
-                let key = if tinfo.primary_key.is_empty() {
-                    let mut k = p.columns.clone();
-                    k.extend(c.columns.iter().cloned());
-                    k
-                } else {
-                    tinfo.primary_key.clone()
-                };
-                Some(Join::Through {
-                    table: ttable,
-                    key,
-                    to_parent: p.columns.clone(),
-                    parent_cols: p.ref_columns.clone(),
-                    to_child: c.columns.clone(),
-                    child_cols: c.ref_columns.clone(),
-                })
-            }
-            _ => {
-                problem(
-                    problems,
-                    format!("{}.relationship.through_tables[0]", spec.path),
-                    format!(
-                        "{ttable} has {} foreign key to {ptable} and {} to {table}",
-                        if to_parent.is_some() { "a" } else { "no" },
-                        if to_child.is_some() { "a" } else { "no" },
-                    ),
-                    format!("a join table with foreign keys to both {ptable} and {table}"),
-                );
-                None
-            }
-        }
+        resolve_through(spec, through, &ends, catalog, problems)
     } else if let Some(fk) = &rel.foreign_key {
         let mut ok = true;
         for (i, c) in fk.child.iter().enumerate() {
@@ -819,6 +780,115 @@ fn resolve_join(
         );
         None
     }
+}
+
+/// The two ends a through table links: the child node's table and its parent's.
+struct ThroughEnds<'a> {
+    table: &'a TableId,
+    info: &'a TableInfo,
+    ptable: &'a TableId,
+    pinfo: &'a TableInfo,
+}
+
+/// A `through_tables` entry as PGSync reads it: an intermediate table linked to the parent and to
+/// the child by a foreign key in either direction. A join table holds both keys; a chain
+/// (`child -> through -> parent`, `parent -> through -> child`, or both ends referencing it) holds
+/// one or none. Each hop becomes an equality between through-table and end columns.
+fn resolve_through(
+    spec: &NodeSpec,
+    through: &str,
+    ends: &ThroughEnds<'_>,
+    catalog: &Catalog,
+    problems: &mut Vec<SchemaProblem>,
+) -> Option<Join> {
+    let path = format!("{}.relationship.through_tables[0]", spec.path);
+    let ttable = table_ref(through, &spec.schema);
+    let Some(tinfo) = catalog.tables.get(&ttable) else {
+        problem(
+            problems,
+            path,
+            format!("{through:?} (no such table in schema {:?})", ttable.schema),
+            format!("one of: {}", catalog.names_in(&ttable.schema).join(", ")),
+        );
+        return None;
+    };
+    let to_parent = link(&ttable, tinfo, ends.ptable, ends.pinfo, None);
+    let used = to_parent.as_ref().and_then(|l| l.through_fk);
+    let to_child = link(&ttable, tinfo, ends.table, ends.info, used);
+    let (Some(p), Some(c)) = (to_parent, to_child) else {
+        problem(
+            problems,
+            path,
+            format!(
+                "no foreign key between {ttable} and {}",
+                if link(&ttable, tinfo, ends.ptable, ends.pinfo, None).is_none() {
+                    ends.ptable
+                } else {
+                    ends.table
+                }
+            ),
+            format!(
+                "a table linked by foreign keys (in either direction) to both {} and {}",
+                ends.ptable, ends.table
+            ),
+        );
+        return None;
+    };
+    let key = if tinfo.primary_key.is_empty() {
+        let mut k = p.through_cols.clone();
+        k.extend(
+            c.through_cols
+                .iter()
+                .filter(|x| !p.through_cols.contains(x))
+                .cloned(),
+        );
+        k
+    } else {
+        tinfo.primary_key.clone()
+    };
+    Some(Join::Through {
+        table: ttable,
+        key,
+        to_parent: p.through_cols,
+        parent_cols: p.end_cols,
+        to_child: c.through_cols,
+        child_cols: c.end_cols,
+    })
+}
+
+/// One hop of a through chain: `through.through_cols = end.end_cols`.
+struct Link {
+    through_cols: Vec<String>,
+    end_cols: Vec<String>,
+    /// The through table's own foreign key used, when it holds the key.
+    through_fk: Option<usize>,
+}
+
+/// The foreign key between the through table and an end: the through table's own (except
+/// `skip`, already used for the other end of a self-referencing pair), else the end's.
+fn link(
+    ttable: &TableId,
+    tinfo: &TableInfo,
+    end: &TableId,
+    einfo: &TableInfo,
+    skip: Option<usize>,
+) -> Option<Link> {
+    if let Some(i) = (0..tinfo.foreign_keys.len())
+        .find(|&i| &tinfo.foreign_keys[i].ref_table == end && Some(i) != skip)
+    {
+        let f = &tinfo.foreign_keys[i];
+        return Some(Link {
+            through_cols: f.columns.clone(),
+            end_cols: f.ref_columns.clone(),
+            through_fk: Some(i),
+        });
+    }
+    let f = einfo.foreign_keys.iter().find(|f| &f.ref_table == ttable)?;
+    Some(Link {
+        through_cols: f.ref_columns.clone(),
+        end_cols: f.columns.clone(),
+        through_fk: None,
+    })
 }
 
 #[cfg(test)]

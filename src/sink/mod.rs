@@ -279,6 +279,14 @@ impl Sink {
         }
     }
 
+    /// Like [`Sink::scan_ids`], each document with its `_source`.
+    pub async fn scan_documents(&self, index: &str, page: usize) -> Result<Option<IdScan>> {
+        match self {
+            Sink::Search(s) => s.scan_documents(index, page).await.map(Some),
+            _ => Ok(None),
+        }
+    }
+
     /// Deletes `index` (`pgsync --teardown`; a Redis stream is deleted, NATS and webhook
     /// messages stay with their consumers); a missing index is not an error.
     pub async fn delete_index(&self, index: &str) -> Result<()> {

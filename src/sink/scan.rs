@@ -22,6 +22,8 @@ pub struct DocRef {
     pub id: String,
     /// The routing it was indexed with, if any.
     pub routing: Option<String>,
+    /// The document itself, when the scan was opened with [`SearchSink::scan_documents`].
+    pub source: Option<Value>,
 }
 
 /// An open scroll over an index's documents.
@@ -36,10 +38,20 @@ impl SearchSink {
     /// Opens a scroll over every document of `index`, `page` per page. A missing index has no
     /// documents.
     pub async fn scan_ids(&self, index: &str, page: usize) -> Result<IdScan> {
+        self.scan(index, page, false).await
+    }
+
+    /// Like [`SearchSink::scan_ids`], with each document's `_source`: what a comparison of the
+    /// index with the database reads (`migrate-from-pgsync`), one page in memory at a time.
+    pub async fn scan_documents(&self, index: &str, page: usize) -> Result<IdScan> {
+        self.scan(index, page, true).await
+    }
+
+    async fn scan(&self, index: &str, page: usize, source: bool) -> Result<IdScan> {
         let path = index_path(index, &format!("/_search?scroll={KEEP_ALIVE}"))?;
         let body = json!({
             "size": page.max(1),
-            "_source": false,
+            "_source": source,
             "sort": ["_doc"],
             "query": {"match_all": {}},
         });
@@ -117,6 +129,7 @@ fn doc_ref(hit: &Value) -> Option<DocRef> {
     Some(DocRef {
         id: hit["_id"].as_str()?.to_owned(),
         routing: hit["_routing"].as_str().map(str::to_owned),
+        source: hit.get("_source").cloned(),
     })
 }
 
@@ -131,7 +144,8 @@ mod tests {
             doc_ref(&hit),
             Some(DocRef {
                 id: "7".into(),
-                routing: Some("r1".into())
+                routing: Some("r1".into()),
+                source: None,
             })
         );
         assert_eq!(doc_ref(&json!({"_id": "8"})).unwrap().routing, None);

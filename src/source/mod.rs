@@ -4,6 +4,7 @@
 pub mod change;
 pub mod notify;
 pub mod pgoutput;
+pub mod pgsync_objects;
 pub mod refreshes;
 mod replication_tls;
 pub mod slot;

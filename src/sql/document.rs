@@ -286,8 +286,9 @@ impl Builder<'_> {
                     .zip(child_cols)
                     .map(|(t, c)| format!("{u}.{} = {a}.{}", quote_ident(t), quote_ident(c)))
                     .collect();
+                // LEFT: a through row without a child is an empty entry, as in PGSync.
                 format!(
-                    "{} {u} JOIN {} {a} ON {}",
+                    "{} {u} LEFT JOIN {} {a} ON {}",
                     table_sql(table),
                     table_sql(&child.table),
                     on.join(" AND ")
@@ -324,6 +325,22 @@ impl Builder<'_> {
             Variant::Object => self.object(child, &a),
             Variant::Scalar => self.field_value(child, 0, &a),
         };
+        // Through rows without a child (the LEFT JOIN above): PGSync's `null` entries in a
+        // one_to_many list; a one_to_one child takes the first real row.
+        let missing = match join {
+            Join::Through { child_cols, .. } => {
+                Some(format!("{a}.{} IS NULL", quote_ident(&child_cols[0])))
+            }
+            Join::Direct { .. } => None,
+        };
+        let value = match &missing {
+            Some(m) => format!("CASE WHEN {m} THEN NULL ELSE {value} END"),
+            None => value,
+        };
+        let one_filter = match &missing {
+            Some(m) => format!(" FILTER (WHERE NOT ({m}))"),
+            None => String::new(),
+        };
         let order = {
             let k: Vec<String> = child
                 .key
@@ -338,18 +355,20 @@ impl Builder<'_> {
         };
         let agg = match kind {
             RelationType::OneToMany => format!("json_agg({value}{order})"),
-            RelationType::OneToOne => format!("(array_agg(to_json({value}){order}))[1]"),
+            RelationType::OneToOne => {
+                format!("(array_agg(to_json({value}){order}){one_filter})[1]")
+            }
         };
         let mut sql = format!("SELECT {}, {agg} AS v", keys.join(", "));
         if self.with_meta {
             let through_alias =
                 matches!(join, Join::Through { .. }).then(|| format!("u{}", child.id));
-            write!(
-                sql,
-                ", json_agg({}) AS m",
-                self.row_meta(child, &a, through_alias.as_deref(), false)
-            )
-            .unwrap();
+            let m = self.row_meta(child, &a, through_alias.as_deref(), false);
+            let m = match &missing {
+                Some(c) => format!("CASE WHEN {c} THEN NULL ELSE {m} END"),
+                None => m,
+            };
+            write!(sql, ", json_agg({m}) AS m").unwrap();
         }
         write!(sql, " FROM {inner_from}").unwrap();
         if let Some(r) = self.restrict_group(&chain_c, join, &a) {
@@ -490,9 +509,15 @@ impl Builder<'_> {
     }
 
     /// `_meta` triples of one row and its children: `[[table, column, value], ..., child m, ...]`.
+    /// A node reached through a through table names, as PGSync does, the columns that link it
+    /// to that table (its key for a join table holding a foreign key to it).
     fn row_meta(&self, n: &PlanNode, a: &str, through: Option<&str>, as_text: bool) -> String {
         let mut parts = vec![];
-        for k in &n.key {
+        let own = match (&n.join, through) {
+            (Some(Join::Through { child_cols, .. }), Some(_)) => child_cols,
+            _ => &n.key,
+        };
+        for k in own {
             let v = if as_text {
                 format!("{a}.{}::text", quote_ident(k))
             } else {
