@@ -193,11 +193,14 @@ impl Sink {
     }
 
     /// Whether the engine answers `GET /` now, without logging (the daemon's monitor asks every
-    /// few seconds, for `/readyz`). Files and discard always answer.
+    /// few seconds, for `/readyz`). Files, discard and webhooks always answer.
     pub async fn probe(&self) -> Result<()> {
         match self {
             Sink::Search(s) => s.server_info().await.map(|_| ()),
-            Sink::Ndjson(_) | Sink::Discard => Ok(()),
+            Sink::Typesense(s) => s.check().await,
+            Sink::RedisStream(s) => s.check().await,
+            Sink::Nats(s) => s.check().await,
+            Sink::Ndjson(_) | Sink::Discard | Sink::Webhook(_) => Ok(()),
         }
     }
 
