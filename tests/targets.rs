@@ -219,6 +219,11 @@ fn nats_messages_have_subjects_per_index_and_op_and_msg_ids_that_jetstream_dedup
             payload["op"].as_str().unwrap()
         );
         assert_eq!(subject, &want);
+        if payload["op"] == "truncate" {
+            // The build starts with one; it has no version to deduplicate by.
+            assert_eq!(id, &None, "{payload}");
+            continue;
+        }
         let want_id = format!(
             "{}:{}:{}",
             payload["_index"].as_str().unwrap(),

@@ -270,7 +270,12 @@ impl Reader for NatsReader {
     fn dump(&self) -> String {
         self.messages("PGSYNC")
             .iter()
-            .map(|(subject, id, p)| format!("{subject} {id:?} position={} _id={}\n", p["position"], p["_id"]))
+            .map(|(subject, id, p)| {
+                format!(
+                    "{subject} {id:?} position={} _id={}\n",
+                    p["position"], p["_id"]
+                )
+            })
             .collect()
     }
 
