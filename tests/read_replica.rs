@@ -34,21 +34,31 @@ fn documents_are_built_on_the_replica_and_never_older_than_their_change() {
     );
 
     // A change committed on the primary is in its document at once.
-    primary.psql(&db, "UPDATE book SET title = 'Seen on the replica' WHERE id = 4");
+    primary.psql(
+        &db,
+        "UPDATE book SET title = 'Seen on the replica' WHERE id = 4",
+    );
     let title_is = |t: &str| {
         os.refresh("book");
         os.doc("book", "4").is_some_and(|d| d["book_title"] == t)
     };
-    harness::wait_until_blocking(Duration::from_secs(30), "the change reaches the index", || {
-        daemon.assert_alive("streaming");
-        title_is("Seen on the replica")
-    });
+    harness::wait_until_blocking(
+        Duration::from_secs(30),
+        "the change reaches the index",
+        || {
+            daemon.assert_alive("streaming");
+            title_is("Seen on the replica")
+        },
+    );
 
     // With replay paused the replica lags: the fetch waits for it instead of building the
     // document from the older row (a fetch on the primary would not wait; one on the replica
     // that did not wait would index the old title and never correct it).
     replica.psql("postgres", "SELECT pg_wal_replay_pause()");
-    primary.psql(&db, "UPDATE book SET title = 'Committed while the replica lagged' WHERE id = 4");
+    primary.psql(
+        &db,
+        "UPDATE book SET title = 'Committed while the replica lagged' WHERE id = 4",
+    );
     std::thread::sleep(Duration::from_millis(1500));
     daemon.assert_alive("waiting for the replica");
     assert!(

@@ -193,7 +193,12 @@ where
 }
 
 impl Proxy {
-    fn start(upstream: &str, check: Check, keys: Keys, tls: Option<tokio_rustls::TlsAcceptor>) -> Proxy {
+    fn start(
+        upstream: &str,
+        check: Check,
+        keys: Keys,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> Proxy {
         let state = Arc::new(ProxyState {
             upstream: upstream.trim_end_matches('/').to_owned(),
             check,
@@ -242,12 +247,20 @@ async fn handle(
     req: hyper::Request<hyper::body::Incoming>,
 ) -> Result<hyper::Response<Full<Bytes>>, std::convert::Infallible> {
     let (parts, body) = req.into_parts();
-    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
     let verdict = match &st.check {
         Check::SigV4 { service } => verify_sigv4(&st.keys, service, &parts, &body),
         Check::Bearer(token) => {
             let want = format!("Bearer {token}");
-            match parts.headers.get("authorization").and_then(|v| v.to_str().ok()) {
+            match parts
+                .headers
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+            {
                 Some(v) if v == want => Ok(()),
                 other => Err(format!("bad bearer token {other:?}")),
             }
@@ -255,7 +268,11 @@ async fn handle(
     };
     if let Err(why) = verdict {
         st.refused.lock().unwrap().push(why.clone());
-        let status = if matches!(st.check, Check::Bearer(_)) { 401 } else { 403 };
+        let status = if matches!(st.check, Check::Bearer(_)) {
+            401
+        } else {
+            403
+        };
         let msg = json!({"error": {"type": "security_exception", "reason": why}, "status": status});
         return Ok(hyper::Response::builder()
             .status(status)
@@ -268,8 +285,16 @@ async fn handle(
 }
 
 /// Forwards to osmem (the body as received: gzip and all).
-async fn forward(st: &ProxyState, parts: hyper::http::request::Parts, body: Bytes) -> hyper::Response<Full<Bytes>> {
-    let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+async fn forward(
+    st: &ProxyState,
+    parts: hyper::http::request::Parts,
+    body: Bytes,
+) -> hyper::Response<Full<Bytes>> {
+    let pq = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
     let method = reqwest::Method::from_bytes(parts.method.as_str().as_bytes()).unwrap();
     let mut r = st.client.request(method, format!("{}{pq}", st.upstream));
     for h in ["content-type", "content-encoding", "accept"] {
@@ -308,7 +333,9 @@ fn verify_sigv4(
     parts: &hyper::http::request::Parts,
     body: &[u8],
 ) -> Result<(), String> {
-    use aws_sigv4::http_request::{sign, PayloadChecksumKind, SignableBody, SignableRequest, SigningSettings};
+    use aws_sigv4::http_request::{
+        sign, PayloadChecksumKind, SignableBody, SignableRequest, SigningSettings,
+    };
     let header = |n: &str| {
         parts
             .headers
@@ -327,7 +354,9 @@ fn verify_sigv4(
     let credential = field("Credential=")?;
     let scope: Vec<&str> = credential.split('/').collect();
     if scope.len() != 5 || scope[3] != service {
-        return Err(format!("credential scope {credential} is not for {service}"));
+        return Err(format!(
+            "credential scope {credential} is not for {service}"
+        ));
     }
     let (secret, token, expiry) = keys
         .lock()
@@ -349,14 +378,21 @@ fn verify_sigv4(
         .timestamp();
     let mut values = vec![];
     for h in signed.split(';') {
-        if !matches!(h, "x-amz-date" | "x-amz-content-sha256" | "x-amz-security-token") {
+        if !matches!(
+            h,
+            "x-amz-date" | "x-amz-content-sha256" | "x-amz-security-token"
+        ) {
             values.push((h.to_owned(), header(h)?));
         }
     }
     let url = format!(
         "http://{}{}",
         header("host")?,
-        parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/")
+        parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/")
     );
     let creds = Credentials::new(scope[0], secret, token, None, "proxy");
     let identity = creds.into();
@@ -380,7 +416,9 @@ fn verify_sigv4(
         SignableBody::Bytes(body),
     )
     .map_err(|e| e.to_string())?;
-    let (instructions, _) = sign(request, &params).map_err(|e| e.to_string())?.into_parts();
+    let (instructions, _) = sign(request, &params)
+        .map_err(|e| e.to_string())?
+        .into_parts();
     let want = instructions
         .headers()
         .find(|(k, _)| *k == "authorization")
@@ -415,16 +453,25 @@ fn sync_and_stream(bed: &LibraryBed, os: &Osmem, daemon: &mut Daemon, title: &st
         daemon.assert_alive("initial sync through the proxy");
         daemon.streams("book")
     });
-    common::assert_documents("book", &os.all_docs("book"), &common::expected_documents()["book"]);
+    common::assert_documents(
+        "book",
+        &os.all_docs("book"),
+        &common::expected_documents()["book"],
+    );
     bed.pg.psql(
         &bed.db,
         &format!("UPDATE book SET title = '{title}' WHERE id = 4"),
     );
-    harness::wait_until_blocking(Duration::from_secs(60), "the change reaches the index", || {
-        daemon.assert_alive("streaming through the proxy");
-        os.refresh("book");
-        os.doc("book", "4").is_some_and(|d| d["book_title"] == title)
-    });
+    harness::wait_until_blocking(
+        Duration::from_secs(60),
+        "the change reaches the index",
+        || {
+            daemon.assert_alive("streaming through the proxy");
+            os.refresh("book");
+            os.doc("book", "4")
+                .is_some_and(|d| d["book_title"] == title)
+        },
+    );
 }
 
 const AKID: &str = "AKIDPGSYNCTEST";
@@ -479,9 +526,16 @@ async fn the_verifying_proxy_refuses_a_wrong_secret_or_service() {
         r.send()
     };
     assert_eq!(send(sign(SECRET, "aoss")).await.unwrap().status(), 200);
-    assert_eq!(send(sign("wrong-secret", "aoss")).await.unwrap().status(), 403);
+    assert_eq!(
+        send(sign("wrong-secret", "aoss")).await.unwrap().status(),
+        403
+    );
     assert_eq!(send(sign(SECRET, "es")).await.unwrap().status(), 403);
-    assert!(proxy.refused()[0].contains("signature mismatch"), "{:?}", proxy.refused());
+    assert!(
+        proxy.refused()[0].contains("signature mismatch"),
+        "{:?}",
+        proxy.refused()
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -573,7 +627,8 @@ fn credentials_expiring_within_seconds_are_refreshed_before_they_expire() {
         harness::wait_until_blocking(Duration::from_secs(30), "the change arrives", || {
             daemon.assert_alive("streaming with rotating credentials");
             os.refresh("book");
-            os.doc("book", "4").is_some_and(|d| d["book_title"] == title)
+            os.doc("book", "4")
+                .is_some_and(|d| d["book_title"] == title)
         });
         std::thread::sleep(Duration::from_millis(700));
     }
@@ -592,10 +647,12 @@ fn tls_acceptor(ca: &TestCa) -> tokio_rustls::TlsAcceptor {
     for c in CertificateDer::pem_file_iter(&ca.ca_file).unwrap() {
         roots.add(c.unwrap()).unwrap();
     }
-    let verifier =
-        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-            .build()
-            .unwrap();
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .unwrap();
     let chain: Vec<CertificateDer> = CertificateDer::pem_file_iter(&server.cert)
         .unwrap()
         .map(|c| c.unwrap())

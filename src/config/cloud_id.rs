@@ -61,10 +61,7 @@ mod tests {
 
     #[test]
     fn a_cloud_id_decodes_to_the_deployments_elasticsearch_endpoint() {
-        let c = id(
-            "my-deployment",
-            "us-east-1.aws.found.io$0123abcd$4567ef01",
-        );
+        let c = id("my-deployment", "us-east-1.aws.found.io$0123abcd$4567ef01");
         assert_eq!(
             endpoint(&c).unwrap(),
             "https://0123abcd.us-east-1.aws.found.io"

@@ -87,10 +87,30 @@ const DIRECT: &[(&str, &str, &str, Kind)] = &[
     ),
     ("ELASTICSEARCH_CA_CERTS", "search", "ca_cert", Kind::Text),
     ("ELASTICSEARCH_CLOUD_ID", "search", "cloud_id", Kind::Text),
-    ("ELASTICSEARCH_BEARER_AUTH", "search", "bearer_token", Kind::Text),
-    ("ELASTICSEARCH_CLIENT_CERT", "search", "client_cert", Kind::Text),
-    ("ELASTICSEARCH_CLIENT_KEY", "search", "client_key", Kind::Text),
-    ("ELASTICSEARCH_AWS_REGION", "search", "aws_region", Kind::Text),
+    (
+        "ELASTICSEARCH_BEARER_AUTH",
+        "search",
+        "bearer_token",
+        Kind::Text,
+    ),
+    (
+        "ELASTICSEARCH_CLIENT_CERT",
+        "search",
+        "client_cert",
+        Kind::Text,
+    ),
+    (
+        "ELASTICSEARCH_CLIENT_KEY",
+        "search",
+        "client_key",
+        Kind::Text,
+    ),
+    (
+        "ELASTICSEARCH_AWS_REGION",
+        "search",
+        "aws_region",
+        Kind::Text,
+    ),
     (
         "POLL_INTERVAL",
         "capture",
@@ -356,7 +376,10 @@ fn read_replica(env: &Env, l: &mut EnvLayer) -> Result<()> {
         bracket_ipv6(host)
     };
     let mut params = vec![];
-    for (var, key) in [("PG_SSLMODE_RO", "sslmode"), ("PG_SSLROOTCERT_RO", "sslrootcert")] {
+    for (var, key) in [
+        ("PG_SSLMODE_RO", "sslmode"),
+        ("PG_SSLROOTCERT_RO", "sslrootcert"),
+    ] {
         if let Some(v) = get(var) {
             params.push(format!("{key}={}", userinfo(v)));
         }
@@ -931,6 +954,63 @@ mod tests {
         assert_eq!(c.postgres.work_mem.as_deref(), Some("16MB"));
         let pg = c.postgres_for("db");
         assert_eq!(pg.get_options(), Some("-c work_mem=16MB"));
+    }
+
+    #[test]
+    fn aws_cloud_and_replica_variables_reach_their_keys() {
+        let vars = |v: &[(&str, &str)]| {
+            load_with(None, v.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+                .unwrap()
+                .config
+        };
+        let c = vars(&[
+            ("OPENSEARCH_AWS_HOSTED", "true"),
+            ("ELASTICSEARCH_AWS_REGION", "eu-west-1"),
+        ]);
+        assert_eq!(c.search.aws_service.as_deref(), Some("es"));
+        assert_eq!(c.search.aws_region.as_deref(), Some("eu-west-1"));
+        let c = vars(&[
+            ("OPENSEARCH_AWS_HOSTED", "true"),
+            ("OPENSEARCH_AWS_SERVERLESS", "true"),
+        ]);
+        assert_eq!(c.search.aws_service.as_deref(), Some("aoss"));
+        let c = vars(&[("ELASTICSEARCH_AWS_HOSTED", "false")]);
+        assert_eq!(c.search.aws_service, None);
+        let c = vars(&[
+            ("ELASTICSEARCH_CLOUD_ID", "d:aG9zdC5leGFtcGxlJHV1aWQk"),
+            ("ELASTICSEARCH_BEARER_AUTH", "tok"),
+        ]);
+        assert_eq!(
+            c.search.cloud_id.as_deref(),
+            Some("d:aG9zdC5leGFtcGxlJHV1aWQk")
+        );
+        assert_eq!(
+            c.search.bearer_token.as_ref().map(|t| t.expose()),
+            Some("tok")
+        );
+        // The replica from its parts, each falling back to the primary's variable.
+        let c = vars(&[
+            ("PG_HOST_RO", "replica"),
+            ("PG_USER", "app"),
+            ("PG_PASSWORD", "p@ss"),
+            ("PG_PORT_RO", "6432"),
+            ("PG_SSLMODE_RO", "require"),
+        ]);
+        assert_eq!(
+            c.postgres.read_replica_url.as_ref().map(|u| u.expose()),
+            Some("postgres://app:p%40ss@replica:6432/?sslmode=require")
+        );
+        let ro = c.read_replica().unwrap();
+        assert_eq!(ro.postgres.url, c.postgres.read_replica_url);
+        let c = vars(&[("PG_URL_RO", "postgres://ro@r/x")]);
+        assert_eq!(
+            c.postgres.read_replica_url.as_ref().map(|u| u.expose()),
+            Some("postgres://ro@r/x")
+        );
+        // A bad cloud id names the key and the variable.
+        let e =
+            load_with(None, vec![("ELASTICSEARCH_CLOUD_ID".into(), "nope".into())]).unwrap_err();
+        assert!(e.message.contains("ELASTICSEARCH_CLOUD_ID"), "{e}");
     }
 
     #[test]

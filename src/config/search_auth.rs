@@ -2,7 +2,7 @@
 //! bearer token, client certificate, AWS SigV4, Elastic Cloud id), done at load so that a
 //! mistake is reported with its key before anything connects.
 
-use super::{cloud_id, Secret, SearchConfig};
+use super::{cloud_id, SearchConfig, Secret};
 use crate::{Error, Result};
 
 /// The AWS services a search domain is signed for.
@@ -20,7 +20,10 @@ pub(super) fn validate(s: &mut SearchConfig, warnings: &mut Vec<String>) -> Resu
             )));
         }
         let others: Vec<&str> = [
-            ("search.username/search.password", s.username.is_some() || s.password.is_some()),
+            (
+                "search.username/search.password",
+                s.username.is_some() || s.password.is_some(),
+            ),
             ("search.api_key", s.api_key.is_some()),
             ("search.bearer_token", s.bearer_token.is_some()),
         ]
@@ -69,5 +72,52 @@ fn drop_empty(s: &mut SearchConfig) {
         if v.as_deref().is_some_and(|t| t.trim().is_empty()) {
             *v = None;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unknown_aws_service_and_two_authorization_headers_are_refused() {
+        let mut s = SearchConfig {
+            aws_service: Some("opensearch".into()),
+            ..SearchConfig::default()
+        };
+        let e = validate(&mut s, &mut vec![]).unwrap_err();
+        assert!(
+            e.message.contains("\"es\"") && e.message.contains("\"aoss\""),
+            "{e}"
+        );
+        let mut s = SearchConfig {
+            bearer_token: Some(Secret::new("t")),
+            api_key: Some(Secret::new("k")),
+            ..SearchConfig::default()
+        };
+        assert!(validate(&mut s, &mut vec![]).is_err());
+    }
+
+    #[test]
+    fn sigv4_ignores_other_credentials_with_a_warning() {
+        let mut s = SearchConfig {
+            aws_service: Some(" AOSS ".into()),
+            username: Some("elastic".into()),
+            ..SearchConfig::default()
+        };
+        let mut w = vec![];
+        validate(&mut s, &mut w).unwrap();
+        assert_eq!(s.aws_service.as_deref(), Some("aoss"));
+        assert!(w[0].contains("search.username"), "{w:?}");
+    }
+
+    #[test]
+    fn a_missing_client_certificate_file_is_named() {
+        let mut s = SearchConfig {
+            client_cert: Some("/nonexistent/client.pem".into()),
+            ..SearchConfig::default()
+        };
+        let e = validate(&mut s, &mut vec![]).unwrap_err();
+        assert!(e.message.contains("search.client_cert"), "{e}");
     }
 }

@@ -236,7 +236,9 @@ impl Request {
         if let Some(gate) = conn.gate.as_mut() {
             match &req {
                 FetchRequest::DeleteAll { .. } => {}
-                FetchRequest::Keys { position, .. } => gate.wait(&conn.client, Some(*position)).await?,
+                FetchRequest::Keys { position, .. } => {
+                    gate.wait(&conn.client, Some(*position)).await?
+                }
                 _ => gate.wait(&conn.client, None).await?,
             }
         }

@@ -15,7 +15,7 @@ use aws_sigv4::sign::v4;
 use std::time::{Duration, SystemTime};
 
 /// Credentials are fetched again when they expire within this margin (the SDK's own clients
-/// refresh in the last minutes too); a source handing out shorter-lived ones is asked each time.
+/// refresh in the last minutes too), or within the last quarter of a shorter lifetime.
 const REFRESH_MARGIN: Duration = Duration::from_secs(300);
 
 /// Signs search requests for one AWS service and region. Shared by every clone of the sink.
@@ -23,7 +23,8 @@ pub struct AwsSigner {
     service: String,
     region: String,
     provider: tokio::sync::OnceCell<SharedCredentialsProvider>,
-    cached: tokio::sync::Mutex<Option<Credentials>>,
+    /// The credentials in use and when they were fetched.
+    cached: tokio::sync::Mutex<Option<(Credentials, SystemTime)>>,
 }
 
 impl std::fmt::Debug for AwsSigner {
@@ -83,9 +84,13 @@ impl AwsSigner {
     /// from the chain (one fetch at a time).
     async fn credentials(&self) -> Result<Credentials> {
         let mut cached = self.cached.lock().await;
-        if let Some(c) = cached.as_ref().filter(|c| fresh(c, SystemTime::now())) {
+        if let Some((c, _)) = cached
+            .as_ref()
+            .filter(|(c, at)| fresh(c, *at, SystemTime::now()))
+        {
             return Ok(c.clone());
         }
+        let fetched_at = SystemTime::now();
         let provider = self.provider.get_or_init(|| chain(&self.region)).await;
         let c = provider
             .provide_credentials()
@@ -97,15 +102,20 @@ impl AwsSigner {
                 .unwrap_or(Duration::ZERO);
             tracing::debug!("AWS credentials fetched, valid for {left:?}");
         }
-        *cached = Some(c.clone());
+        *cached = Some((c.clone(), fetched_at));
         Ok(c)
     }
 }
 
-/// Whether `c` is still good for more than [`REFRESH_MARGIN`] at `now`.
-fn fresh(c: &Credentials, now: SystemTime) -> bool {
-    c.expiry()
-        .is_none_or(|exp| exp.duration_since(now).is_ok_and(|d| d > REFRESH_MARGIN))
+/// Whether `c`, fetched at `fetched_at`, is still good at `now` for more than the refresh margin:
+/// [`REFRESH_MARGIN`], or a quarter of its lifetime when that is shorter.
+fn fresh(c: &Credentials, fetched_at: SystemTime, now: SystemTime) -> bool {
+    let Some(exp) = c.expiry() else {
+        return true;
+    };
+    let lifetime = exp.duration_since(fetched_at).unwrap_or(Duration::ZERO);
+    let margin = REFRESH_MARGIN.min(lifetime / 4);
+    exp.duration_since(now).is_ok_and(|left| left > margin)
 }
 
 /// aws-config's default credential chain, its HTTP client on rustls with ring (the crypto the
@@ -155,7 +165,11 @@ fn credentials_error(e: CredentialsError) -> Error {
             "the AWS credential source did not answer; it is asked again",
         ),
     };
-    Error::new(kind, format!("cannot get AWS credentials for SigV4: {text}")).with_hint(hint)
+    Error::new(
+        kind,
+        format!("cannot get AWS credentials for SigV4: {text}"),
+    )
+    .with_hint(hint)
 }
 
 /// Who signs: credentials, region and service name.
@@ -225,15 +239,26 @@ mod tests {
         let c = |secs: u64| {
             Credentials::new("a", "s", None, Some(now + Duration::from_secs(secs)), "t")
         };
-        assert!(fresh(&c(3600), now));
-        assert!(!fresh(&c(60), now));
-        assert!(!fresh(&c(0), now + Duration::from_secs(10)));
-        assert!(fresh(&Credentials::new("a", "s", None, None, "t"), now));
+        let later = |secs: u64| now + Duration::from_secs(secs);
+        // Hours-long credentials: refreshed in their last 5 minutes.
+        assert!(fresh(&c(3600), now, later(3000)));
+        assert!(!fresh(&c(3600), now, later(3400)));
+        // Short-lived ones: in the last quarter of their lifetime.
+        assert!(fresh(&c(8), now, later(5)));
+        assert!(!fresh(&c(8), now, later(7)));
+        assert!(!fresh(&c(8), now, later(9)));
+        assert!(fresh(
+            &Credentials::new("a", "s", None, None, "t"),
+            now,
+            now
+        ));
     }
 
     #[test]
     fn a_signer_needs_a_region() {
-        if std::env::var_os("AWS_REGION").is_some() || std::env::var_os("AWS_DEFAULT_REGION").is_some() {
+        if std::env::var_os("AWS_REGION").is_some()
+            || std::env::var_os("AWS_DEFAULT_REGION").is_some()
+        {
             return;
         }
         let e = AwsSigner::new("es", None).unwrap_err();

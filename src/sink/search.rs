@@ -5,11 +5,11 @@
 
 use super::actions::split_actions;
 use super::response::{error_body_text, parse_bulk_response};
+use super::transport::{node_urls, Auth, Node, Nodes};
 use super::{BulkBatch, BulkOutcome};
 use crate::config::{Engine, PipelineConfig, SearchConfig};
 use crate::{Error, ErrorKind, Result};
 use bytes::Bytes;
-use super::transport::{node_urls, Auth, Node, Nodes};
 use elasticsearch::http::headers::{
     HeaderMap, HeaderValue, CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER,
 };
@@ -525,8 +525,11 @@ impl SearchSink {
     ) -> Attempt {
         let nodes = self.inner.nodes.order();
         let mut reason = String::new();
-        for node in &nodes {
-            match self.send_to(node, method, path, content_type, body.clone()).await {
+        for (i, node) in nodes.iter().enumerate() {
+            match self
+                .send_to(node, method, path, content_type, body.clone())
+                .await
+            {
                 Ok(resp) => {
                     node.answered();
                     return self.answer(resp).await;
@@ -546,7 +549,7 @@ impl SearchSink {
                     } else {
                         e
                     };
-                    if nodes.len() > 1 {
+                    if i + 1 < nodes.len() {
                         tracing::warn!("search node {reason}; trying the next node");
                     }
                 }

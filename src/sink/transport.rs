@@ -119,9 +119,12 @@ impl Auth {
     }
 }
 
+/// A user name and password found in a URL.
+pub(super) type UserPassword = (String, String);
+
 /// The node URLs of `[search]`: the Elastic Cloud id's endpoint when `cloud_id` is set, else
 /// each comma-separated `url`, credentials removed (they are moved to basic auth at load).
-pub(super) fn node_urls(search: &SearchConfig) -> Result<Vec<(Url, Option<(String, String)>)>> {
+pub(super) fn node_urls(search: &SearchConfig) -> Result<Vec<(Url, Option<UserPassword>)>> {
     let text = match &search.cloud_id {
         Some(id) => crate::config::cloud_id::endpoint(id)?,
         None => search.url.clone(),
@@ -163,8 +166,8 @@ pub(super) fn nodes(search: &SearchConfig, urls: Vec<Url>) -> Result<Nodes> {
     let mut nodes = vec![];
     for url in urls {
         let shown = url.as_str().trim_end_matches('/').to_owned();
-        let mut b =
-            TransportBuilder::new(SingleNodeConnectionPool::new(url.clone())).enable_meta_header(false);
+        let mut b = TransportBuilder::new(SingleNodeConnectionPool::new(url.clone()))
+            .enable_meta_header(false);
         if search.timeout_secs > 0 {
             b = b.timeout(Duration::from_secs(search.timeout_secs));
         }
@@ -173,7 +176,9 @@ pub(super) fn nodes(search: &SearchConfig, urls: Vec<Url>) -> Result<Nodes> {
             b = b.cert_validation(v);
         }
         if let Some(pem) = &identity {
-            b = b.auth(Credentials::Certificate(ClientCertificate::Pem(pem.clone())));
+            b = b.auth(Credentials::Certificate(ClientCertificate::Pem(
+                pem.clone(),
+            )));
         }
         let transport = b.build().map_err(|e| {
             Error::config(format!("cannot set up the search client for {shown}: {e}"))
@@ -217,7 +222,8 @@ fn client_identity(search: &SearchConfig) -> Result<Option<Vec<u8>>> {
         return Ok(None);
     };
     let read = |key: &str, p: &std::path::Path| {
-        std::fs::read(p).map_err(|e| Error::config(format!("cannot read {key} {}: {e}", p.display())))
+        std::fs::read(p)
+            .map_err(|e| Error::config(format!("cannot read {key} {}: {e}", p.display())))
     };
     let mut pem = read("search.client_cert", cert)?;
     if let Some(k) = &search.client_key {
@@ -237,7 +243,7 @@ fn client_identity(search: &SearchConfig) -> Result<Option<Vec<u8>>> {
 
 /// The authentication of `[search]`; `url_creds` are credentials found in the URL (a hand-built
 /// configuration; the loader moves them to username/password).
-pub(super) fn auth(search: &SearchConfig, url_creds: Option<(String, String)>) -> Result<Auth> {
+pub(super) fn auth(search: &SearchConfig, url_creds: Option<UserPassword>) -> Result<Auth> {
     if let Some(service) = &search.aws_service {
         return Ok(Auth::Aws(AwsSigner::new(
             service,
@@ -264,7 +270,11 @@ pub(super) fn auth(search: &SearchConfig, url_creds: Option<(String, String)>) -
         }
         format!(
             "Basic {}",
-            base64(&format!("{}:{}", user.unwrap_or_default(), pass.unwrap_or_default()))
+            base64(&format!(
+                "{}:{}",
+                user.unwrap_or_default(),
+                pass.unwrap_or_default()
+            ))
         )
     };
     let mut v = HeaderValue::from_str(&value).map_err(|_| {

@@ -141,7 +141,18 @@ impl Postgres {
         backup
             .arg("-D")
             .arg(dir.path().join("data"))
-            .args(["-R", "-X", "stream", "--no-sync", "-h", "127.0.0.1", "-U", "postgres"])
+            .args([
+                "-R",
+                "-X",
+                "stream",
+                "-c",
+                "fast",
+                "--no-sync",
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+            ])
             .args(["-p", &primary.port().to_string()])
             .current_dir(dir.path());
         as_user(&mut backup, run_as);
