@@ -189,8 +189,9 @@ impl Cli {
 }
 
 /// The subcommand names: a command line naming one is this program's own form.
-pub const SUBCOMMANDS: [&str; 9] = [
+pub const SUBCOMMANDS: [&str; 10] = [
     "validate",
+    "migrate-from-pgsync",
     "bootstrap",
     "run",
     "teardown",
