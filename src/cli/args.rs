@@ -218,6 +218,7 @@ impl Cli {
 pub const SUBCOMMANDS: [&str; 10] = [
     "validate",
     "health",
+    "migrate-from-pgsync",
     "bootstrap",
     "run",
     "teardown",

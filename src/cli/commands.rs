@@ -37,6 +37,7 @@ async fn validate(cfg: &Config, strict: bool) -> Result<i32> {
     }
     let plans = resolve_all(cfg, &file).await?;
     crate::plugin::load_for(cfg, &plans)?;
+    crate::source::pgsync_objects::warn_at_startup(cfg, &plans).await;
     for p in &plans {
         if let Some(chain) = crate::plugin::chain_for(&p.spec.index) {
             println!(

@@ -25,45 +25,56 @@ use fred::interfaces::KeysInterface;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// Runs the migration for every index; returns the exit code.
+/// Runs the migration for every index, each step for all indices before the next (ours first
+/// everywhere, then PGSync's removed, then the indices compared); returns the exit code.
 pub async fn migrate(cfg: &Config, force: bool) -> Result<i32> {
     let file = load_schema(cfg)?;
     let plans = resolve_all(cfg, &file).await?;
     let sink = Sink::from_config(cfg)?;
     sink.check().await?;
     let store = Store::open(&cfg.checkpoint).await?;
+    let taken_over: Vec<String> = plans.iter().map(|p| p.spec.index.clone()).collect();
+    let mut steps = vec![];
     for plan in &plans {
-        migrate_index(cfg, plan, &sink, &store, force).await?;
+        let client = crate::config::connect(cfg, &plan.spec.database).await?;
+        let found = pgsync_objects::detect(&client, plan, &taken_over).await?;
+        let index = &plan.spec.index;
+        if found.is_empty() {
+            println!(
+                "index {index}: no PGSync slot, triggers or view in database {}",
+                plan.spec.database
+            );
+        } else {
+            println!("index {index}: found PGSync's {}", found.describe());
+        }
+        // 1. Ours first.
+        let boot = bootstrap_index(cfg, plan).await?;
+        println!("index {index}: bootstrap: {}", boot.summary);
+        steps.push((plan, found, boot.start));
+    }
+    // 2. Then PGSync's.
+    for (plan, found, _) in &steps {
+        let mut client = crate::config::connect(cfg, &plan.spec.database).await?;
+        pgsync_objects::remove(&mut client, found, force).await?;
+        report_kept(found, force);
+        remove_pgsync_checkpoints(cfg, found).await?;
+    }
+    // 3. The indices.
+    for (plan, _, start) in &steps {
+        take_over_index(cfg, plan, &sink, &store, *start).await?;
     }
     Ok(0)
 }
 
-async fn migrate_index(
+/// Compares and repairs the index of `plan`, then records our checkpoint at `start`.
+async fn take_over_index(
     cfg: &Config,
     plan: &IndexPlan,
     sink: &Sink,
     store: &Store,
-    force: bool,
+    start: u64,
 ) -> Result<()> {
     let index = &plan.spec.index;
-    let mut client = crate::config::connect(cfg, &plan.spec.database).await?;
-    let found = pgsync_objects::detect(&client, plan).await?;
-    if found.is_empty() {
-        println!(
-            "index {index}: no PGSync slot, triggers or view in database {}",
-            plan.spec.database
-        );
-    } else {
-        println!("index {index}: found PGSync's {}", found.describe());
-    }
-    // 1. Ours first.
-    let boot = bootstrap_index(cfg, plan).await?;
-    println!("index {index}: bootstrap: {}", boot.summary);
-    // 2. Then PGSync's.
-    pgsync_objects::remove(&mut client, &found, force).await?;
-    report_kept(&found, force);
-    remove_pgsync_checkpoints(cfg, &found).await?;
-    // 3. The index.
     let live = match sink.alias_state(index).await? {
         AliasState::Missing => {
             println!("index {index}: no index yet; `pgsync run` builds it");
@@ -83,7 +94,7 @@ async fn migrate_index(
         if v.all_matched() { "; index kept as it is" } else { "; index kept and repaired" }
     );
     let record = CheckpointRecord {
-        position: boot.start,
+        position: start,
         initial_sync_done: true,
         index_uuid: sink.index_uuid(&physical).await?,
         physical: live,
@@ -102,8 +113,24 @@ fn report_kept(found: &PgsyncObjects, force: bool) {
     for t in found.shared_tables() {
         let others: Vec<&str> = found.others[t].iter().map(String::as_str).collect();
         println!(
-            "index {}: kept PGSync's trigger on {t} and its view: PGSync indices {} still use them (migrate them too, or --force)",
+            "index {}: kept PGSync's trigger on {t}: PGSync indices {} still use it (migrate them too, or --force)",
             found.index,
+            others.join(", ")
+        );
+    }
+    if found.shared_in_use() && !found.shared.is_empty() {
+        let mut others: Vec<&str> = found
+            .others
+            .values()
+            .flatten()
+            .map(String::as_str)
+            .collect();
+        others.sort();
+        others.dedup();
+        println!(
+            "index {}: kept PGSync's {}._view and table_notify(): PGSync indices {} still use them",
+            found.index,
+            found.shared.join(", "),
             others.join(", ")
         );
     }

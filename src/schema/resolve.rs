@@ -895,6 +895,115 @@ fn link(
 mod tests {
     use super::*;
 
+    fn table(cols: &[&str], fks: &[(&str, &str, &str)]) -> TableInfo {
+        TableInfo {
+            kind: 'r',
+            columns: cols
+                .iter()
+                .map(|c| ColumnInfo {
+                    name: c.to_string(),
+                    type_name: "int4".into(),
+                    category: 'N',
+                })
+                .collect(),
+            primary_key: vec!["id".into()],
+            foreign_keys: fks
+                .iter()
+                .map(|(col, t, rcol)| ForeignKeyInfo {
+                    columns: vec![col.to_string()],
+                    ref_table: TableId::new("public", *t),
+                    ref_columns: vec![rcol.to_string()],
+                })
+                .collect(),
+        }
+    }
+
+    /// The through join of child `c` under root `p` through `t`.
+    fn through_join(tables: &[(&str, TableInfo)]) -> Join {
+        let text = r#"[{"database": "d", "nodes": {"table": "p", "columns": ["id"], "children": [
+            {"table": "c", "columns": ["id"], "relationship": {"variant": "object",
+             "type": "one_to_many", "through_tables": ["t"]}}]}}]"#;
+        let file = super::super::parse::parse_str(text, std::path::Path::new("s.json")).unwrap();
+        let mut catalog = Catalog::default();
+        catalog.schemas.insert("public".into());
+        for (n, info) in tables {
+            catalog
+                .tables
+                .insert(TableId::new("public", *n), info.clone());
+        }
+        let plans = resolve(&file, &catalog).unwrap_or_else(|p| panic!("{p:?}"));
+        plans[0].root.children[0].join.clone().unwrap()
+    }
+
+    fn hops(j: &Join) -> [Vec<String>; 4] {
+        match j {
+            Join::Through {
+                to_parent,
+                parent_cols,
+                to_child,
+                child_cols,
+                ..
+            } => [
+                to_parent.clone(),
+                parent_cols.clone(),
+                to_child.clone(),
+                child_cols.clone(),
+            ],
+            Join::Direct { .. } => panic!("not a through join"),
+        }
+    }
+
+    #[test]
+    fn through_tables_link_in_either_direction() {
+        let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        // Join table: t -> p, t -> c.
+        let j = through_join(&[
+            ("p", table(&["id"], &[])),
+            ("c", table(&["id"], &[])),
+            (
+                "t",
+                table(
+                    &["id", "p_id", "c_id"],
+                    &[("p_id", "p", "id"), ("c_id", "c", "id")],
+                ),
+            ),
+        ]);
+        assert_eq!(
+            hops(&j),
+            [v(&["p_id"]), v(&["id"]), v(&["c_id"]), v(&["id"])]
+        );
+        // Chain c -> t -> p.
+        let j = through_join(&[
+            ("p", table(&["id"], &[])),
+            ("c", table(&["id", "t_id"], &[("t_id", "t", "id")])),
+            ("t", table(&["id", "p_id"], &[("p_id", "p", "id")])),
+        ]);
+        assert_eq!(
+            hops(&j),
+            [v(&["p_id"]), v(&["id"]), v(&["id"]), v(&["t_id"])]
+        );
+        // Chain p -> t -> c.
+        let j = through_join(&[
+            ("p", table(&["id", "t_id"], &[("t_id", "t", "id")])),
+            ("c", table(&["id"], &[])),
+            ("t", table(&["id", "c_id"], &[("c_id", "c", "id")])),
+        ]);
+        assert_eq!(
+            hops(&j),
+            [v(&["id"]), v(&["t_id"]), v(&["c_id"]), v(&["id"])]
+        );
+        // Both ends reference t.
+        let j = through_join(&[
+            ("p", table(&["id", "t_id"], &[("t_id", "t", "id")])),
+            ("c", table(&["id", "t_id"], &[("t_id", "t", "id")])),
+            ("t", table(&["id"], &[])),
+        ]);
+        assert_eq!(
+            hops(&j),
+            [v(&["id"]), v(&["t_id"]), v(&["id"]), v(&["t_id"])]
+        );
+    }
+
     #[test]
     fn json_operators_parse_into_steps_and_pgsync_field_names() {
         let e = ColumnExpr::parse("doc#>{a,b,c}->4");

@@ -31,7 +31,8 @@ pub struct PgsyncObjects {
     pub triggers: Vec<(TableId, String)>,
     /// Schemas holding PGSync's `_view` and `table_notify()`.
     pub shared: Vec<String>,
-    /// Other PGSync indices still listed in those views, per table.
+    /// PGSync indices listed in those views that are not being taken over, per table: what
+    /// keeps the shared objects (and those tables' triggers) in place.
     pub others: BTreeMap<TableId, BTreeSet<String>>,
 }
 
@@ -65,13 +66,20 @@ impl PgsyncObjects {
         parts.join("; ")
     }
 
-    /// Tables whose PGSync triggers other PGSync indices still need.
+    /// Tables of this index whose PGSync triggers other PGSync indices still need.
     pub fn shared_tables(&self) -> Vec<&TableId> {
-        self.others
-            .iter()
-            .filter(|(_, o)| !o.is_empty())
-            .map(|(t, _)| t)
-            .collect()
+        let mut out: Vec<&TableId> = vec![];
+        for (t, _) in &self.triggers {
+            if self.others.get(t).is_some_and(|o| !o.is_empty()) && !out.contains(&t) {
+                out.push(t);
+            }
+        }
+        out
+    }
+
+    /// Some other PGSync index still uses the shared view and function.
+    pub fn shared_in_use(&self) -> bool {
+        self.others.values().any(|o| !o.is_empty())
     }
 
     /// The SQL that removes these objects (what `migrate-from-pgsync` runs after our own slot
@@ -94,7 +102,7 @@ impl PgsyncObjects {
                 ));
             }
         }
-        if force || shared.is_empty() {
+        if force || !self.shared_in_use() {
             for s in &self.shared {
                 sql.push(format!(
                     "DROP MATERIALIZED VIEW IF EXISTS {}.{VIEW}",
@@ -118,8 +126,14 @@ pub fn slot_name(database: &str, index: &str) -> String {
         .collect()
 }
 
-/// Finds PGSync's objects for `plan` in its database (`client` connects to it).
-pub async fn detect(client: &Client, plan: &IndexPlan) -> Result<PgsyncObjects> {
+/// Finds PGSync's objects for `plan` in its database (`client` connects to it); `taken_over`
+/// are the indices being moved off PGSync together (their use of the shared objects does not
+/// keep them).
+pub async fn detect(
+    client: &Client,
+    plan: &IndexPlan,
+    taken_over: &[String],
+) -> Result<PgsyncObjects> {
     let mut found = PgsyncObjects {
         index: plan.spec.index.clone(),
         slot_name: slot_name(&plan.spec.database, &plan.spec.index),
@@ -156,7 +170,7 @@ pub async fn detect(client: &Client, plan: &IndexPlan) -> Result<PgsyncObjects> 
             found.shared.push(s.clone());
             found
                 .others
-                .extend(other_indices(client, &s, &plan.spec.index).await?);
+                .extend(other_indices(client, &s, taken_over).await?);
         }
     }
     Ok(found)
@@ -166,9 +180,10 @@ pub async fn detect(client: &Client, plan: &IndexPlan) -> Result<PgsyncObjects> 
 /// the disk fills; its triggers fire on every write), with the commands that remove it. Never
 /// fails the start: a failed look-up is only logged.
 pub async fn warn_at_startup(cfg: &crate::config::Config, plans: &[IndexPlan]) {
+    let ours: Vec<String> = plans.iter().map(|p| p.spec.index.clone()).collect();
     for plan in plans {
         let found = match crate::config::connect(cfg, &plan.spec.database).await {
-            Ok(client) => detect(&client, plan).await,
+            Ok(client) => detect(&client, plan, &ours).await,
             Err(e) => Err(e),
         };
         match found {
@@ -203,11 +218,11 @@ async fn shared_objects_exist(client: &Client, s: &str) -> Result<bool> {
     Ok(row.get(0))
 }
 
-/// Per table of schema `s`, the PGSync indices other than `index` listed in `s._view`.
+/// Per table of schema `s`, the PGSync indices listed in `s._view` other than `taken_over`.
 async fn other_indices(
     client: &Client,
     s: &str,
-    index: &str,
+    taken_over: &[String],
 ) -> Result<BTreeMap<TableId, BTreeSet<String>>> {
     let mut out: BTreeMap<TableId, BTreeSet<String>> = BTreeMap::new();
     let has_view: bool = client
@@ -221,10 +236,11 @@ async fn other_indices(
         return Ok(out);
     }
     let sql = format!(
-        "SELECT table_name::text, i::text FROM {}.{VIEW}, unnest(indices) AS i WHERE i <> $1",
+        "SELECT table_name::text, i::text FROM {}.{VIEW}, unnest(indices) AS i \
+         WHERE i <> ALL($1::text[])",
         quote_ident(s)
     );
-    for r in client.query(&sql, &[&index]).await? {
+    for r in client.query(&sql, &[&taken_over]).await? {
         out.entry(TableId::new(s.to_owned(), r.get::<_, String>(0)))
             .or_default()
             .insert(r.get(1));
@@ -252,6 +268,9 @@ pub async fn remove(client: &mut Client, found: &PgsyncObjects, force: bool) -> 
         .filter(|s| !s.starts_with("SELECT pg_drop_replication_slot"))
         .collect();
     let tx = client.transaction().await?;
+    // Objects already gone (dropped with another index's) need no "does not exist" notice.
+    tx.batch_execute("SET LOCAL client_min_messages = warning")
+        .await?;
     for s in &rest {
         tx.batch_execute(s).await?;
     }
