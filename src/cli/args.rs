@@ -215,7 +215,7 @@ impl Cli {
 }
 
 /// The subcommand names: a command line naming one is this program's own form.
-pub const SUBCOMMANDS: [&str; 10] = [
+pub const SUBCOMMANDS: [&str; 11] = [
     "validate",
     "health",
     "migrate-from-pgsync",
