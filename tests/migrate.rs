@@ -113,6 +113,8 @@ impl Bed {
             // PGSync gzips its requests by default; osmem-server times out on its gzipped
             // index creation (real engines take it). Not a setting the migration depends on.
             ("ELASTICSEARCH_HTTP_COMPRESS", "false".into()),
+            // PGSync's 10 s request timeout is short on a loaded 2-core CI machine.
+            ("ELASTICSEARCH_TIMEOUT", "60".into()),
             ("REDIS_HOST", "127.0.0.1".into()),
             ("REDIS_PORT", self.redis.port().to_string()),
             (

@@ -38,6 +38,26 @@ pub mod cols {
     pub const META: usize = 3;
 }
 
+/// For a child reached through a through table (LEFT JOINed, see `child_join`): the condition
+/// of a through row without a child, which PGSync aggregates as a `null` entry of a one_to_many
+/// list (a one_to_one child takes the first real row instead).
+fn missing_child(join: &Join, a: &str) -> Option<String> {
+    match join {
+        Join::Through { child_cols, .. } => {
+            Some(format!("{a}.{} IS NULL", quote_ident(&child_cols[0])))
+        }
+        Join::Direct { .. } => None,
+    }
+}
+
+/// `expr`, or NULL where `missing` holds.
+fn null_when(missing: &Option<String>, expr: String) -> String {
+    match missing {
+        Some(m) => format!("CASE WHEN {m} THEN NULL ELSE {expr} END"),
+        None => expr,
+    }
+}
+
 /// Builds the document query for `plan`. Columns: see [`cols`].
 pub fn document_query(plan: &IndexPlan, filter: &RootFilter, with_meta: bool) -> String {
     let root = &plan.root;
@@ -325,18 +345,8 @@ impl Builder<'_> {
             Variant::Object => self.object(child, &a),
             Variant::Scalar => self.field_value(child, 0, &a),
         };
-        // Through rows without a child (the LEFT JOIN above): PGSync's `null` entries in a
-        // one_to_many list; a one_to_one child takes the first real row.
-        let missing = match join {
-            Join::Through { child_cols, .. } => {
-                Some(format!("{a}.{} IS NULL", quote_ident(&child_cols[0])))
-            }
-            Join::Direct { .. } => None,
-        };
-        let value = match &missing {
-            Some(m) => format!("CASE WHEN {m} THEN NULL ELSE {value} END"),
-            None => value,
-        };
+        let missing = missing_child(join, &a);
+        let value = null_when(&missing, value);
         let one_filter = match &missing {
             Some(m) => format!(" FILTER (WHERE NOT ({m}))"),
             None => String::new(),
@@ -364,11 +374,7 @@ impl Builder<'_> {
             let through_alias =
                 matches!(join, Join::Through { .. }).then(|| format!("u{}", child.id));
             let m = self.row_meta(child, &a, through_alias.as_deref(), false);
-            let m = match &missing {
-                Some(c) => format!("CASE WHEN {c} THEN NULL ELSE {m} END"),
-                None => m,
-            };
-            write!(sql, ", json_agg({m}) AS m").unwrap();
+            write!(sql, ", json_agg({}) AS m", null_when(&missing, m)).unwrap();
         }
         write!(sql, " FROM {inner_from}").unwrap();
         if let Some(r) = self.restrict_group(&chain_c, join, &a) {
