@@ -18,6 +18,25 @@ use std::time::{Duration, SystemTime};
 /// refresh in the last minutes too), or within the last quarter of a shorter lifetime.
 const REFRESH_MARGIN: Duration = Duration::from_secs(300);
 
+/// The longest a credential fetch (instance metadata, STS, a container endpoint) may take.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The runtime the credential chain runs on. Its HTTP client keeps pooled connections whose
+/// tasks live on the runtime that opened them, and the pipeline's stages run on runtimes that
+/// end with each pipeline run: the chain gets a runtime of its own that lives as long as the
+/// process.
+fn aws_runtime() -> &'static tokio::runtime::Runtime {
+    static RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("aws-credentials")
+            .enable_all()
+            .build()
+            .expect("start the AWS credentials runtime")
+    })
+}
+
 /// Signs search requests for one AWS service and region. Shared by every clone of the sink.
 pub struct AwsSigner {
     service: String,
@@ -56,6 +75,11 @@ impl AwsSigner {
         })
     }
 
+    /// The AWS service requests are signed for (`es` or `aoss`).
+    pub fn service(&self) -> &str {
+        &self.service
+    }
+
     /// The headers that sign this request (`authorization`, `x-amz-date`,
     /// `x-amz-content-sha256`, `x-amz-security-token`). `url` is the full URL as sent.
     pub async fn headers(
@@ -91,10 +115,27 @@ impl AwsSigner {
             return Ok(c.clone());
         }
         let fetched_at = SystemTime::now();
-        let provider = self.provider.get_or_init(|| chain(&self.region)).await;
-        let c = provider
-            .provide_credentials()
+        let region = self.region.clone();
+        let provider = self
+            .provider
+            .get_or_init(|| async move {
+                aws_runtime()
+                    .spawn(chain(region))
+                    .await
+                    .expect("setting up the AWS credential chain does not panic")
+            })
             .await
+            .clone();
+        let fetch = aws_runtime().spawn(async move { provider.provide_credentials().await });
+        let c = tokio::time::timeout(FETCH_TIMEOUT, fetch)
+            .await
+            .map_err(|_| {
+                Error::new(
+                    ErrorKind::SinkTransient,
+                    format!("the AWS credential source did not answer within {FETCH_TIMEOUT:?}"),
+                )
+            })?
+            .map_err(|e| Error::internal(format!("AWS credential fetch: {e}")))?
             .map_err(credentials_error)?;
         if let Some(exp) = c.expiry() {
             let left = exp
@@ -120,14 +161,14 @@ fn fresh(c: &Credentials, fetched_at: SystemTime, now: SystemTime) -> bool {
 
 /// aws-config's default credential chain, its HTTP client on rustls with ring (the crypto the
 /// rest of the program uses).
-async fn chain(region: &str) -> SharedCredentialsProvider {
+async fn chain(region: String) -> SharedCredentialsProvider {
     use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
     let http = aws_smithy_http_client::Builder::new()
         .tls_provider(Provider::Rustls(CryptoMode::Ring))
         .build_https();
     let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .http_client(http)
-        .region(aws_config::Region::new(region.to_owned()))
+        .region(aws_config::Region::new(region))
         .load()
         .await;
     conf.credentials_provider()

@@ -129,6 +129,13 @@ impl SearchSink {
         let a = self
             .request(Method::Get, "/", None, None, &mut retries, 0)
             .await?;
+        // OpenSearch Serverless has no `GET /`: its collections are OpenSearch without a version.
+        if a.status == 404 && matches!(&self.inner.auth, Auth::Aws(s) if s.service() == "aoss") {
+            return Ok(ServerInfo {
+                engine: Engine::Opensearch,
+                version: "serverless".into(),
+            });
+        }
         if !a.ok() {
             return Err(self.status_error("GET", "/", &a));
         }
