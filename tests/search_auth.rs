@@ -840,3 +840,38 @@ async fn requests_fail_over_to_the_other_node_when_one_is_killed() {
     b.refresh("books");
     assert_eq!(b.count("books"), 2 + 6);
 }
+
+/// Not about authentication: the reproduction of what made the daemon test above flaky, with no
+/// proxy and no signing. Ignored because it fails about one run in three (a change whose slot
+/// position is acknowledged, WAL flushed, yet its document keeps the previous title); for the
+/// pipeline's owners.
+#[test]
+#[ignore]
+fn repeated_changes_a_second_apart_all_reach_the_index() {
+    let bed = LibraryBed::new("plain_rounds");
+    let os = &bed.os;
+    let work = work_for(&bed, os.url());
+    let mut daemon = Daemon::start_with_env(
+        &work,
+        "plain.log",
+        &[("PGSYNC_LOG__LEVEL", "info,pgsync_rs=debug")],
+    );
+    sync_and_stream(&bed, os, &mut daemon, "First");
+    for round in 1..15 {
+        let title = format!("Round {round}");
+        bed.pg.psql(
+            &bed.db,
+            &format!("UPDATE book SET title = '{title}' WHERE id = 4"),
+        );
+        let arrived = common::daemon::poll(Duration::from_secs(20), || {
+            daemon.check_alive()?;
+            os.refresh("book");
+            Ok(os
+                .doc("book", "4")
+                .is_some_and(|d| d["book_title"] == title))
+        });
+        assert_eq!(arrived, Ok(true), "round {round}: {:?} wal {}\n{}", os.doc("book", "4").map(|d| d["book_title"].clone()),
+            bed.pg.psql(&bed.db, "SELECT pg_current_wal_lsn()::text || ' insert ' || pg_current_wal_insert_lsn()::text || ' flush ' || pg_current_wal_flush_lsn()::text || ' ' || string_agg(slot_name || '=' || confirmed_flush_lsn::text, ',') FROM pg_replication_slots"), daemon.log());
+        std::thread::sleep(Duration::from_millis(700));
+    }
+}
