@@ -10,6 +10,7 @@
 
 use crate::schema::resolve::IndexPlan;
 use crate::schema::TableId;
+use crate::sql::{quote_ident, quote_literal};
 use crate::Result;
 use std::collections::{BTreeMap, BTreeSet};
 use tokio_postgres::Client;
@@ -303,16 +304,8 @@ async fn drop_slot(client: &Client, name: &str) -> Result<()> {
     }
 }
 
-fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
 fn quote_table(t: &TableId) -> String {
     format!("{}.{}", quote_ident(&t.schema), quote_ident(&t.name))
-}
-
-fn quote_literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@
 use super::notify::LogNames;
 use crate::error::{Error, Result};
 use crate::schema::TableId;
+use crate::sql::{quote_ident, quote_literal};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
 
@@ -57,14 +58,6 @@ pub fn message_prefix(slot: &str) -> String {
 pub fn parse_message(content: &[u8]) -> Option<TableId> {
     let v: serde_json::Value = serde_json::from_slice(content).ok()?;
     Some(TableId::new(v["schema"].as_str()?, v["table"].as_str()?))
-}
-
-fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-fn quote_literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
 }
 
 /// The event trigger function: one record per refreshed materialized view.
