@@ -32,7 +32,7 @@ use common::expected_documents;
 use common::stream::{Stream, CHANGE_TIMEOUT};
 use common::targets::{Bed, Target};
 use common::workload::{seed, Workload, CASCADING_FOREIGN_KEYS};
-use harness::Osmem;
+use harness::{Osmem, Postgres, PostgresOptions};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -133,6 +133,11 @@ mod wal {
     #[test]
     fn repeated_changes_behind_a_stalled_engine_merge_into_few_writes() {
         super::changes_merge_behind_a_stalled_engine()
+    }
+
+    #[test]
+    fn a_change_decoded_before_its_commit_is_visible_is_read_once_it_is() {
+        super::change_decoded_before_visible()
     }
 }
 
@@ -958,35 +963,7 @@ fn slot_advances_after_indexing() {
     );
     let commit_end = commits[0];
 
-    let mut want = expected_documents();
-    set(
-        &mut want,
-        "book",
-        "1",
-        "/book_title",
-        json!("Anna Karenina"),
-    );
-    set(
-        &mut want,
-        "book",
-        "1",
-        "/summary",
-        json!("Anna Karenina / 9780140447934 / published / True / library"),
-    );
-    set(
-        &mut want,
-        "edition",
-        "1|1",
-        "/book/title",
-        json!("Anna Karenina"),
-    );
-    set(
-        &mut want,
-        "edition",
-        "1|2",
-        "/book/title",
-        json!("Anna Karenina"),
-    );
+    let want = book_1_titled_anna_karenina();
 
     // Watch every slot until it passes the commit; the moment it does, the index must already
     // hold the change (the slot may advance only over written documents).
@@ -1032,6 +1009,77 @@ fn slot_advances_after_indexing() {
         "checkpoints never reached the commit at {commit_end:X}: {:?}",
         s.status()
     );
+}
+
+/// The fixture's documents after `UPDATE book SET title = 'Anna Karenina' WHERE id = 1`.
+fn book_1_titled_anna_karenina() -> IndexDocs {
+    let mut want = expected_documents();
+    let title = json!("Anna Karenina");
+    set(&mut want, "book", "1", "/book_title", title.clone());
+    set(
+        &mut want,
+        "book",
+        "1",
+        "/summary",
+        json!("Anna Karenina / 9780140447934 / published / True / library"),
+    );
+    set(&mut want, "edition", "1|1", "/book/title", title.clone());
+    set(&mut want, "edition", "1|2", "/book/title", title);
+    want
+}
+
+/// With `synchronous_commit = on` a commit's WAL is flushed (and decoded for the slot) before
+/// other sessions see the transaction; a synchronous standby that never answers holds it there
+/// for as long as we like. A document read meanwhile would miss the change, and nothing would
+/// read it again: the daemon must wait until the transaction is visible, then read it.
+fn change_decoded_before_visible() {
+    let pg: &'static Postgres = Box::leak(Box::new(Postgres::start_with(PostgresOptions {
+        settings: vec!["synchronous_standby_names=ghost".into()],
+        ..Default::default()
+    })));
+    let mut s = Stream::with_setup_on(pg, "st_visible", Mode::Wal, "");
+    s.start_daemon_with_env(&[("PGSYNC_LOG__LEVEL", "info,pgsync_rs=debug")]);
+    s.expect(&expected_documents(), "initial sync");
+
+    let db = s.db.clone();
+    // Committed locally, flushed, then waiting for the standby `ghost` (only this session asks
+    // for synchronous commit: the server default is off).
+    let writer = std::thread::spawn(move || {
+        pg.psql(
+            &db,
+            "SET synchronous_commit = on; UPDATE book SET title = 'Anna Karenina' WHERE id = 1;",
+        )
+    });
+    let waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'";
+    let blocked = poll(CHANGE_TIMEOUT, || Ok(s.sql(waiting) == "1")).unwrap();
+    assert!(blocked, "the update never waited for the standby");
+    let flushed = s.sql("SELECT pg_current_wal_flush_lsn()");
+    // The daemon has the change: it says it waits for it, or (the bug) it read the old row and
+    // acknowledged the change's position.
+    let passed = format!(
+        "SELECT bool_and(confirmed_flush_lsn >= '{flushed}') FROM pg_replication_slots \
+         WHERE database = current_database()"
+    );
+    let seen = poll(CHANGE_TIMEOUT, || {
+        s.daemon().check_alive()?;
+        Ok(s.daemon()
+            .log()
+            .contains("waiting for committed transactions to become visible")
+            || s.sql(&passed) == "t")
+    })
+    .unwrap();
+    assert!(
+        seen,
+        "the daemon never received the change\n{}",
+        s.daemon().log_tail()
+    );
+    s.sql("SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE wait_event = 'SyncRep'");
+    writer.join().expect("the update's session");
+    assert_eq!(
+        s.sql("SELECT title FROM book WHERE id = 1"),
+        "Anna Karenina"
+    );
+    s.expect(&book_1_titled_anna_karenina(), "the change once visible");
 }
 
 // ---------------------------------------------------------------------------

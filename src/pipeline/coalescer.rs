@@ -45,6 +45,8 @@ pub struct Coalescer {
     input: Option<mpsc::Receiver<Transaction>>,
     wires: CoalescerWires,
     buffer: Vec<Change>,
+    /// Transaction ids of the buffered changes.
+    xids: Vec<u32>,
     position: Option<u64>,
     timer: Option<SpawnHandle>,
     sending: bool,
@@ -104,6 +106,7 @@ impl Coalescer {
             input: Some(input),
             wires,
             buffer: vec![],
+            xids: vec![],
             position: None,
             timer: None,
             sending: false,
@@ -188,6 +191,7 @@ impl Coalescer {
         );
         Window {
             changes: Arc::new(std::mem::take(&mut self.buffer)),
+            xids: std::mem::take(&mut self.xids),
             position,
             completion,
         }
@@ -208,6 +212,9 @@ impl StreamHandler<Transaction> for Coalescer {
     fn handle(&mut self, tx: Transaction, ctx: &mut Context<Self>) {
         self.received.count(&tx.changes);
         self.buffer.extend(tx.changes);
+        if let Some(x) = tx.xid.filter(|x| self.xids.last() != Some(x)) {
+            self.xids.push(x);
+        }
         self.position = Some(self.position.map_or(tx.position, |p| p.max(tx.position)));
         self.wires.received.send_if_modified(|r| {
             let grew = tx.position > *r;

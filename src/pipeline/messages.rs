@@ -26,6 +26,9 @@ pub struct Window {
     pub changes: std::sync::Arc<Vec<Change>>,
     /// Position to checkpoint once every document they affect is written.
     pub position: u64,
+    /// Ids of the transactions the changes come from (`wal` mode), to wait for until they are
+    /// visible before anything is read for them (see [`crate::sql::visibility`]).
+    pub xids: Vec<u32>,
     /// Settled once every destination wrote every document the window affects.
     pub completion: Completion,
 }

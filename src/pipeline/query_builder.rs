@@ -130,6 +130,9 @@ impl StreamHandler<Window> for QueryBuilder {
         let span = super::stage::stage_span("query_builder", &plan.spec.index);
         let fut = async move {
             let r = async {
+                crate::sql::visibility::await_visible(&state.client, &window.xids)
+                    .await
+                    .map_err(|e| e.context("waiting for captured transactions to be visible"))?;
                 let work = state.resolve(&plan, &window.changes, refresh_views).await?;
                 dispatch(work, &plan, window, prior, to).await
             }

@@ -45,4 +45,8 @@ pub struct Transaction {
     pub position: u64,
     /// Row changes in the order they were made.
     pub changes: Vec<Change>,
+    /// The transaction id (`wal` mode): what is read for these changes waits until it is
+    /// visible (see [`crate::sql::visibility`]). `None` when the source only hands on committed
+    /// and visible changes (`notify` mode).
+    pub xid: Option<u32>,
 }

@@ -644,6 +644,7 @@ pub async fn run(
                 let tx = Transaction {
                     position: page.position,
                     changes: page.changes,
+                    xid: None,
                 };
                 tokio::select! {
                     r = out.send(tx) => if r.is_err() { return Ok(()) },

@@ -403,6 +403,8 @@ impl Session<'_> {
         let mut in_txn = false;
         // Commit LSN of the current transaction (from Begin): the position of its pieces.
         let mut final_lsn = 0;
+        // Its transaction id (from Begin).
+        let mut xid = 0;
         // Pieces of the current transaction already sent (see the module docs).
         let mut split = false;
         self.read_acks();
@@ -428,9 +430,12 @@ impl Session<'_> {
             };
             match event {
                 ReplicationEvent::Begin {
-                    final_lsn: commit, ..
+                    final_lsn: commit,
+                    xid: begun,
+                    ..
                 } => {
                     in_txn = true;
+                    xid = begun;
                     final_lsn = commit.as_u64();
                     split = false;
                 }
@@ -448,6 +453,7 @@ impl Session<'_> {
                         let piece = Transaction {
                             position: final_lsn,
                             changes: std::mem::take(&mut changes),
+                            xid: Some(xid),
                         };
                         split = true;
                         if let Err(end) = self.forward(piece).await {
@@ -474,6 +480,7 @@ impl Session<'_> {
                         let txn = Transaction {
                             position: end_lsn,
                             changes: std::mem::take(&mut changes),
+                            xid: Some(xid),
                         };
                         if let Err(end) = self.forward(txn).await {
                             return Ok(end);

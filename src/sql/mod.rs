@@ -3,6 +3,7 @@
 
 pub mod document;
 pub mod roots;
+pub mod visibility;
 
 /// Quotes an identifier for PostgreSQL (always quoted, so mixed case and keywords survive).
 pub fn quote_ident(s: &str) -> String {
