@@ -214,7 +214,12 @@ impl WriterLoop {
                 .refused
                 .extend(chunk.refused.into_iter().map(|r| (r, position)));
             pending.completions.extend(chunk.completion);
-            if pending.ids.len() >= self.settings.batch_docs
+            // A streamed change goes out at once when nothing else waits and a request slot
+            // is free: lingering for more would only add latency.
+            let eager =
+                position.is_some() && self.input.is_empty() && slots.available_permits() > 0;
+            if eager
+                || pending.ids.len() >= self.settings.batch_docs
                 || pending.body.len() >= self.settings.batch_bytes
             {
                 self.flush(&mut pending, &slots, &ids).await;
