@@ -135,6 +135,16 @@ fn dashboard_metrics() -> Vec<String> {
     names
 }
 
+/// Every stage of a wal-mode stream, each of which reports its busy time.
+const STAGES: [&str; 6] = [
+    "wal_reader",
+    "coalescer",
+    "query_builder",
+    "fetcher",
+    "writer",
+    "checkpointer",
+];
+
 #[test]
 fn metrics_move_with_changes_and_readiness_follows_a_frozen_engine() {
     let port = free_port();
@@ -172,6 +182,11 @@ fn metrics_move_with_changes_and_readiness_follows_a_frozen_engine() {
             && count(t, "pgsync_end_to_end_latency_seconds_count") > 0.0
             && value(t, "pgsync_replication_lag_bytes", &["index=\"book\""]).is_some()
             && value(t, "pgsync_stage_queue_capacity", &["stage=\"writer\""]).is_some()
+            && STAGES.iter().all(|stage| {
+                let stage = format!("stage=\"{stage}\"");
+                let labels = ["index=\"book\"", stage.as_str()];
+                value(t, "pgsync_stage_busy_seconds_count", &labels).unwrap_or(0.0) > 0.0
+            })
     });
     promtool_check(&scrape(port));
 

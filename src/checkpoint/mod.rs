@@ -40,12 +40,15 @@ pub struct Checkpointer {
     saved: u64,
     saving: bool,
     published: watch::Sender<u64>,
+    /// Busy time: storing checkpoints.
+    times: crate::telemetry::StageTimes,
 }
 
 impl Checkpointer {
-    /// A checkpointer for `key` storing `base` at each new position, starting at `base`'s; the
-    /// stored frontier is published on `published`.
+    /// A checkpointer of `index` for `key` storing `base` at each new position, starting at
+    /// `base`'s; the stored frontier is published on `published`.
     pub fn new(
+        index: &str,
         key: String,
         store: Store,
         base: CheckpointRecord,
@@ -64,6 +67,7 @@ impl Checkpointer {
             saved: start,
             saving: false,
             published,
+            times: crate::telemetry::StageTimes::new(index, "checkpointer", None),
         }
     }
 
@@ -85,9 +89,12 @@ impl Checkpointer {
         self.saving = true;
         let (store, key, pos) = (self.store.clone(), self.key.clone(), self.frontier);
         let record = self.base.with_position(pos);
+        let times = self.times.clone();
         ctx.spawn(
             async move {
+                let started = std::time::Instant::now();
                 let r = store.save(&key, &record).await;
+                times.busy(started.elapsed());
                 (pos, r)
             }
             .into_actor(self)

@@ -51,6 +51,8 @@ pub struct Coalescer {
     timer: Option<SpawnHandle>,
     sending: bool,
     guard: StageGuard,
+    /// Its busy time, and its time blocked on the query builders' inputs.
+    times: crate::telemetry::StageTimes,
     /// `pgsync_changes_received_total` by table and operation.
     received: ChangeCounters,
 }
@@ -111,6 +113,7 @@ impl Coalescer {
             timer: None,
             sending: false,
             guard,
+            times: crate::telemetry::StageTimes::new(index, "coalescer", Some("query_builder")),
             received: ChangeCounters {
                 index: index.to_owned(),
                 counters: Default::default(),
@@ -145,9 +148,15 @@ impl Coalescer {
         let window = self.window(position);
         let outs = self.wires.outs.clone();
         self.sending = true;
+        let times = self.times.clone();
         let send = async move {
             for out in &outs {
+                let waited = std::time::Instant::now();
+                let full = out.capacity() == 0;
                 out.send(window.clone()).await.map_err(|_| ())?;
+                if full {
+                    times.blocked(waited.elapsed());
+                }
             }
             window.completion.done();
             Ok::<(), ()>(())
@@ -210,6 +219,7 @@ impl Actor for Coalescer {
 
 impl StreamHandler<Transaction> for Coalescer {
     fn handle(&mut self, tx: Transaction, ctx: &mut Context<Self>) {
+        let started = std::time::Instant::now();
         self.received.count(&tx.changes);
         self.buffer.extend(tx.changes);
         if let Some(x) = tx.xid.filter(|x| self.xids.last() != Some(x)) {
@@ -228,6 +238,7 @@ impl StreamHandler<Transaction> for Coalescer {
         } else if self.timer.is_none() {
             self.arm_timer(ctx);
         }
+        self.times.busy(started.elapsed());
     }
 
     fn finished(&mut self, ctx: &mut Context<Self>) {

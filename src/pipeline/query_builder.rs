@@ -52,6 +52,8 @@ pub struct QueryBuilder {
     state: Option<Resolver>,
     last_dispatched: u64,
     guard: StageGuard,
+    /// Busy time: finding the documents each window touches.
+    times: crate::telemetry::StageTimes,
 }
 
 /// The connection and the statements prepared on it, moved into each window's future.
@@ -73,6 +75,7 @@ impl QueryBuilder {
             format!("query builder of index {}", plan.spec.index),
             wires.errors.clone(),
         );
+        let times = crate::telemetry::StageTimes::new(&plan.spec.index, "query_builder", None);
         QueryBuilder {
             plan,
             input: Some(input),
@@ -80,6 +83,7 @@ impl QueryBuilder {
             state: None,
             last_dispatched,
             guard,
+            times,
         }
     }
 }
@@ -127,13 +131,16 @@ impl StreamHandler<Window> for QueryBuilder {
             physical: self.wires.physical.clone(),
         };
         let refresh_views = self.wires.refresh_views;
+        let times = self.times.clone();
         let span = super::stage::stage_span("query_builder", &plan.spec.index);
         let fut = async move {
             let r = async {
                 crate::sql::visibility::await_visible(&state.client, &window.xids)
                     .await
                     .map_err(|e| e.context("waiting for captured transactions to be visible"))?;
+                let started = std::time::Instant::now();
                 let work = state.resolve(&plan, &window.changes, refresh_views).await?;
+                times.busy(started.elapsed());
                 dispatch(work, &plan, window, prior, to).await
             }
             .await;

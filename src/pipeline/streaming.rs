@@ -204,8 +204,9 @@ fn spawn(run: &StreamRun<'_>, err_tx: &Errors, started: watch::Sender<bool>) -> 
     }
     {
         let (store, key, base) = (run.store.clone(), run.key.clone(), run.record.clone());
+        let index = run.destinations[0].alias().to_owned();
         Checkpointer::start_in_arbiter(&threads.spawn(), move |_| {
-            Checkpointer::new(key, store, base, cp_rx, frontier_tx)
+            Checkpointer::new(&index, key, store, base, cp_rx, frontier_tx)
         });
     }
     let (received_tx, received_rx) = watch::channel(start);
@@ -278,12 +279,14 @@ fn spawn_source(
     let cfg = run.cfg;
     let plan = &run.destinations[0].plan;
     let db = &plan.spec.database;
+    let index = run.destinations[0].alias();
     match cfg.capture.mode {
         CaptureMode::Wal => crate::source::wal::spawn_reader(
             cfg,
             db,
             &run.slot,
             &run.publication,
+            crate::telemetry::StageTimes::new(index, "wal_reader", Some("coalescer")),
             out,
             frontier,
             stop,
@@ -297,6 +300,11 @@ fn spawn_source(
                 names: log_names(cfg, plan),
                 poll_interval: Duration::from_millis(cfg.capture.poll_interval_ms.max(10)),
                 page_rows: cfg.capture.coalesce_max_changes.max(1) as i64,
+                times: crate::telemetry::StageTimes::new(
+                    index,
+                    "notify_listener",
+                    Some("coalescer"),
+                ),
             },
             run.record.position,
             out,

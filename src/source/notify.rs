@@ -435,6 +435,8 @@ pub struct ListenerSettings {
     pub poll_interval: Duration,
     /// Rows read per statement (and at most per [`Transaction`] sent).
     pub page_rows: i64,
+    /// Busy time (reading a page) and time blocked on the coalescer's input.
+    pub times: crate::telemetry::StageTimes,
 }
 
 /// One page of the log: the changes, and the position that is complete once they are written.
@@ -633,7 +635,9 @@ pub async fn run(
         }
         // Read until the log below xmin is exhausted.
         loop {
+            let started = std::time::Instant::now();
             let page = read_page(&client, &settings, cursor, &mut tables).await?;
+            settings.times.busy(started.elapsed());
             cursor = page.next;
             if !page.changes.is_empty() || page.heartbeat {
                 crate::telemetry::lag::committed(
@@ -646,9 +650,13 @@ pub async fn run(
                     changes: page.changes,
                     xid: None,
                 };
+                let (waited, full) = (std::time::Instant::now(), out.capacity() == 0);
                 tokio::select! {
                     r = out.send(tx) => if r.is_err() { return Ok(()) },
                     _ = stop.changed() => return Ok(()),
+                }
+                if full {
+                    settings.times.blocked(waited.elapsed());
                 }
             }
             if !page.more || *stop.borrow() {

@@ -85,6 +85,8 @@ pub struct WalReaderConfig {
     pub connect_timeout: Duration,
     /// TLS, with libpq's sslmode meanings (see `source::replication_tls`).
     pub tls: crate::config::tls::PgTls,
+    /// Busy time (decoding a transaction) and time blocked on the coalescer's input.
+    pub times: crate::telemetry::StageTimes,
 }
 
 impl WalReaderConfig {
@@ -114,6 +116,7 @@ impl WalReaderConfig {
             application_name: "pgsync-rs".into(),
             connect_timeout: Duration::from_secs(30),
             tls: crate::config::tls::PgTls::disabled(),
+            times: Default::default(),
         }
     }
 
@@ -383,6 +386,7 @@ impl Session<'_> {
     /// Sends `txn` downstream, waiting for capacity while still taking acknowledgements.
     /// `Err(end)` when stopped or the consumer is gone.
     async fn forward(&mut self, txn: Transaction) -> std::result::Result<(), End> {
+        let (waited, full) = (std::time::Instant::now(), self.out.capacity() == 0);
         let permit = loop {
             // An owned permit does not borrow `self`, so acknowledgements can be read meanwhile.
             let reserve = self.out.clone().reserve_owned();
@@ -393,6 +397,9 @@ impl Session<'_> {
                 permit = reserve => break permit.map_err(|_| End::ConsumerGone)?,
             }
         };
+        if full {
+            self.cfg.times.blocked(waited.elapsed());
+        }
         permit.send(txn);
         Ok(())
     }
@@ -440,7 +447,9 @@ impl Session<'_> {
                     split = false;
                 }
                 ReplicationEvent::XLogData { data, .. } => {
+                    let started = std::time::Instant::now();
                     cache.apply(decode(&data)?, &mut changes)?;
+                    self.cfg.times.busy(started.elapsed());
                     if changes.len() >= self.cfg.max_batch_changes.max(1) {
                         if !split && final_lsn <= self.tracker.forwarded {
                             // The previous commit ends exactly where this one starts: a piece
@@ -812,6 +821,7 @@ pub fn spawn_reader(
     database: &str,
     slot: &str,
     publication: &str,
+    times: crate::telemetry::StageTimes,
     out: mpsc::Sender<Transaction>,
     acks: watch::Receiver<u64>,
     stop: watch::Receiver<bool>,
@@ -822,6 +832,7 @@ pub fn spawn_reader(
         WalReaderConfig::from_postgres_config(&cfg.postgres_for(database), slot, publication)
             .and_then(|mut r| {
                 r.tls = cfg.postgres_tls()?;
+                r.times = times;
                 Ok(r)
             });
     let (exit_tx, exit_rx) = oneshot::channel();

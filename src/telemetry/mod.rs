@@ -97,6 +97,54 @@ pub fn help(name: &str) -> &'static str {
     }
 }
 
+/// A stage's `pgsync_stage_busy_seconds` and the `pgsync_stage_blocked_seconds` of the stage it
+/// sends to, looked up once, so stages that are not actors on [`crate::pipeline`]'s lanes (the
+/// sources, the coalescer, the query builder, the checkpointer) report them too. Does nothing
+/// while metrics are off.
+#[derive(Clone, Default)]
+pub struct StageTimes {
+    busy: Option<metrics::Histogram>,
+    blocked: Option<metrics::Histogram>,
+}
+
+impl std::fmt::Debug for StageTimes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.busy.is_some() {
+            "StageTimes"
+        } else {
+            "StageTimes(off)"
+        })
+    }
+}
+
+impl StageTimes {
+    /// The times of `stage` of `index`, which sends to `next` (if it sends anywhere bounded).
+    pub fn new(index: &str, stage: &'static str, next: Option<&'static str>) -> Self {
+        if !enabled() {
+            return StageTimes::default();
+        }
+        let of = |stage: &'static str, name: &'static str| metrics::histogram!(name, "index" => index.to_owned(), "stage" => stage);
+        StageTimes {
+            busy: Some(of(stage, names::BUSY)),
+            blocked: next.map(|n| of(n, names::BLOCKED)),
+        }
+    }
+
+    /// One unit of the stage's work took `d`.
+    pub fn busy(&self, d: std::time::Duration) {
+        if let Some(h) = &self.busy {
+            h.record(d.as_secs_f64());
+        }
+    }
+
+    /// The stage waited `d` on the next stage's full input.
+    pub fn blocked(&self, d: std::time::Duration) {
+        if let Some(h) = &self.blocked {
+            h.record(d.as_secs_f64());
+        }
+    }
+}
+
 /// Reads a stage input's `(depth, capacity)`; `None` once the channel is gone.
 type Sampler = Box<dyn Fn() -> Option<(usize, usize)> + Send>;
 
