@@ -29,6 +29,7 @@ use crate::schema::resolve::{FieldSource, IndexPlan};
 use crate::schema::TableId;
 use crate::source::change::{Change, ChangeOp, Row, Transaction};
 use crate::sql::roots::{effects, Effect};
+use crate::sql::{quote_ident, quote_literal, quote_table};
 use actix::prelude::*;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -89,18 +90,6 @@ impl LogNames {
     fn log_sql(&self) -> String {
         format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.table))
     }
-}
-
-fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-fn quote_table(t: &TableId) -> String {
-    format!("{}.{}", quote_ident(&t.schema), quote_ident(&t.name))
-}
-
-fn quote_literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
 }
 
 /// The columns of `table` whose old and new values the index needs to find the documents a change

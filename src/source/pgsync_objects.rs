@@ -10,7 +10,7 @@
 
 use crate::schema::resolve::IndexPlan;
 use crate::schema::TableId;
-use crate::sql::{quote_ident, quote_literal};
+use crate::sql::{quote_ident, quote_literal, quote_table};
 use crate::Result;
 use std::collections::{BTreeMap, BTreeSet};
 use tokio_postgres::Client;
@@ -302,10 +302,6 @@ async fn drop_slot(client: &Client, name: &str) -> Result<()> {
             Err(e) => return Err(e.into()),
         }
     }
-}
-
-fn quote_table(t: &TableId) -> String {
-    format!("{}.{}", quote_ident(&t.schema), quote_ident(&t.name))
 }
 
 #[cfg(test)]

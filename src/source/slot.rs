@@ -7,6 +7,7 @@
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::schema::TableId;
+use crate::sql::{quote_ident, quote_table};
 use std::collections::BTreeSet;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
@@ -80,15 +81,6 @@ pub fn slot_name(prefix: &str, database: &str, index: &str) -> String {
 /// same way), so it needs no quoting in `publication_names` and visibly pairs with its slot.
 pub fn publication_name(prefix: &str, database: &str, index: &str) -> String {
     identifier(&[prefix, database, index], "_pub")
-}
-
-/// Quotes an identifier for SQL, always, so mixed-case and reserved names survive.
-fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-fn quote_table(t: &TableId) -> String {
-    format!("{}.{}", quote_ident(&t.schema), quote_ident(&t.name))
 }
 
 /// Checks that the server can serve logical replication to this role: `wal_level = logical`, a

@@ -10,6 +10,11 @@ pub fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 
+/// A table's schema-qualified, quoted name.
+pub fn quote_table(t: &crate::schema::TableId) -> String {
+    format!("{}.{}", quote_ident(&t.schema), quote_ident(&t.name))
+}
+
 /// Quotes a string literal (standard_conforming_strings = on).
 pub fn quote_literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
