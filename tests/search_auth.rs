@@ -481,24 +481,56 @@ const SECRET: &str = "pgsync/test/secret/key/EXAMPLE";
 
 #[test]
 fn a_sigv4_signed_daemon_syncs_and_streams_through_a_verifying_proxy() {
-    let bed = LibraryBed::new("sigv4");
+    signed_daemon_syncs_and_streams(
+        "sigv4",
+        &[
+            ("AWS_ACCESS_KEY_ID", AKID.to_owned()),
+            ("AWS_SECRET_ACCESS_KEY", SECRET.to_owned()),
+            ("AWS_SESSION_TOKEN", "session-token-1".to_owned()),
+        ],
+    );
+}
+
+/// The shared credentials file and a named profile (what `aws configure --profile` writes), and
+/// no key in the environment: found by the same standard chain.
+#[test]
+fn a_daemon_signs_with_a_named_profile_of_the_shared_credentials_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("credentials");
+    std::fs::write(
+        &file,
+        format!("[default]\naws_access_key_id = AKIDWRONG\naws_secret_access_key = wrong\n\n[pgsync]\naws_access_key_id = {AKID}\naws_secret_access_key = {SECRET}\naws_session_token = session-token-1\n"),
+    )
+    .unwrap();
+    signed_daemon_syncs_and_streams(
+        "sigv4_profile",
+        &[
+            ("AWS_SHARED_CREDENTIALS_FILE", file.display().to_string()),
+            (
+                "AWS_CONFIG_FILE",
+                dir.path().join("config").display().to_string(),
+            ),
+            ("AWS_PROFILE", "pgsync".to_owned()),
+        ],
+    );
+}
+
+/// A daemon signing for `es` with the credentials `env` leads the standard chain to syncs and
+/// streams through the verifying proxy, which refuses nothing.
+fn signed_daemon_syncs_and_streams(name: &str, env: &[(&str, String)]) {
+    let bed = LibraryBed::new(name);
     let os = &bed.os;
     let keys = static_keys(AKID, SECRET, Some("session-token-1"));
     let proxy = Proxy::start(os.url(), Check::SigV4 { service: "es" }, keys, None);
     let work = work_for(&bed, &proxy.url("http", "127.0.0.1"));
-    let mut daemon = Daemon::start_with_env(
-        &work,
-        "sigv4.log",
-        &[
-            ("ELASTICSEARCH_AWS_HOSTED", "true"),
-            ("ELASTICSEARCH_AWS_REGION", "eu-west-1"),
-            ("ELASTICSEARCH_HTTP_COMPRESS", "true"),
-            ("AWS_ACCESS_KEY_ID", AKID),
-            ("AWS_SECRET_ACCESS_KEY", SECRET),
-            ("AWS_SESSION_TOKEN", "session-token-1"),
-            ("AWS_EC2_METADATA_DISABLED", "true"),
-        ],
-    );
+    let mut vars: Vec<(&str, &str)> = vec![
+        ("ELASTICSEARCH_AWS_HOSTED", "true"),
+        ("ELASTICSEARCH_AWS_REGION", "eu-west-1"),
+        ("ELASTICSEARCH_HTTP_COMPRESS", "true"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+    ];
+    vars.extend(env.iter().map(|(k, v)| (*k, v.as_str())));
+    let mut daemon = Daemon::start_with_env(&work, &format!("{name}.log"), &vars);
     sync_and_stream(&bed, os, &mut daemon, "Signed and streamed");
     assert!(proxy.accepted() > 3, "the proxy saw the daemon's requests");
     assert_eq!(proxy.refused(), Vec::<String>::new(), "{}", daemon.log());
