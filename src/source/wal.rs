@@ -332,6 +332,8 @@ struct Session<'a> {
     acks: Option<watch::Receiver<u64>>,
     stop: StopSignals,
     tracker: AckTracker,
+    /// Time spent decoding since the last transaction was forwarded (its busy time).
+    decoding: Duration,
 }
 
 /// Why the loop ended without an error.
@@ -386,6 +388,7 @@ impl Session<'_> {
     /// Sends `txn` downstream, waiting for capacity while still taking acknowledgements.
     /// `Err(end)` when stopped or the consumer is gone.
     async fn forward(&mut self, txn: Transaction) -> std::result::Result<(), End> {
+        self.cfg.times.busy(std::mem::take(&mut self.decoding));
         let (waited, full) = (std::time::Instant::now(), self.out.capacity() == 0);
         let permit = loop {
             // An owned permit does not borrow `self`, so acknowledgements can be read meanwhile.
@@ -449,7 +452,7 @@ impl Session<'_> {
                 ReplicationEvent::XLogData { data, .. } => {
                     let started = std::time::Instant::now();
                     cache.apply(decode(&data)?, &mut changes)?;
-                    self.cfg.times.busy(started.elapsed());
+                    self.decoding += started.elapsed();
                     if changes.len() >= self.cfg.max_batch_changes.max(1) {
                         if !split && final_lsn <= self.tracker.forwarded {
                             // The previous commit ends exactly where this one starts: a piece
@@ -675,6 +678,7 @@ async fn run_until(
         acks: Some(acks),
         stop,
         tracker: AckTracker::new(cfg.start_lsn),
+        decoding: Duration::ZERO,
     };
     let result = session.run().await;
     match &result {

@@ -16,6 +16,9 @@ use tokio_postgres::Client;
 /// PostgreSQL before 13, where `pg_current_snapshot()` does not exist yet).
 const SNAPSHOT_SQL: &str = "SELECT txid_current_snapshot()::text";
 
+/// The first pause between two looks at the snapshot; it doubles up to 100 ms.
+const FIRST_DELAY: Duration = Duration::from_millis(1);
+
 /// How long a wait lasts before it is logged (then again at this interval).
 const REPORT_EVERY: Duration = Duration::from_secs(10);
 
@@ -66,7 +69,7 @@ pub async fn await_visible(client: &Client, xids: &[u32]) -> Result<()> {
     }
     let started = Instant::now();
     let mut reported = Duration::ZERO;
-    let mut delay = Duration::from_millis(1);
+    let mut delay = FIRST_DELAY;
     loop {
         let text: String = client.query_one(SNAPSHOT_SQL, &[]).await?.get(0);
         let snapshot = Snapshot::parse(&text)
@@ -83,7 +86,7 @@ pub async fn await_visible(client: &Client, xids: &[u32]) -> Result<()> {
         if waited >= reported + REPORT_EVERY {
             reported = waited;
             tracing::warn!(xids = ?hidden, waited_s = waited.as_secs(), "waiting for committed transactions to become visible (a commit waiting for a synchronous standby?): their documents are read once they are");
-        } else if reported.is_zero() && delay == Duration::from_millis(1) {
+        } else if delay == FIRST_DELAY {
             tracing::debug!(xids = ?hidden, "waiting for committed transactions to become visible");
         }
         tokio::time::sleep(delay).await;
